@@ -1,0 +1,84 @@
+"""Backend dispatch that explains itself (STYLE 2).
+
+Every backend module exposes ``NAME``, ``not_supported_reasons(device, dtype)``,
+``score(logits, spec, image_ids)`` and ``open_round(plan)``. ``auto`` walks the preference
+list of the tensors' device and quietly skips what cannot run; a backend named by the user
+that cannot run raises with its reasons; when nothing fits, the error lists every
+backend's reasons.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from ..errors import BackendUnavailableError, InputError
+
+__all__ = ["BACKEND_NAMES", "resolve", "explain", "auto_order"]
+
+BACKEND_NAMES = ("auto", "reference", "cpu", "triton", "cuda")
+_MODULES = {
+    "reference": "cbda.backends.reference",
+    "cpu": "cbda.backends.cpu",
+    "triton": "cbda.backends.triton",
+    "cuda": "cbda.backends.cuda",
+}
+# Preference per device type. GPU order: the CUDA extension first (measured faster where
+# both ran; see bench/results), then Triton; the reference is the last resort everywhere.
+_AUTO = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+def _module(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(_MODULES[name]), None
+    except ImportError as err:
+        return None, f"{_MODULES[name]} is not available ({err})"
+
+
+def auto_order(device: torch.device) -> tuple[str, ...]:
+    return _AUTO.get(device.type, ("reference",))
+
+
+def reasons(name: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Why backend ``name`` cannot run on this device/dtype ([] when it can)."""
+    mod, err = _module(name)
+    if mod is None:
+        return [err]
+    try:
+        return list(mod.not_supported_reasons(device, dtype))
+    except Exception as e:  # a probe must not crash dispatch
+        return [f"availability check failed: {type(e).__name__}: {e}"]
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> ModuleType:
+    """The backend module to use for tensors on ``device`` with ``dtype``.
+
+    Raises:
+        InputError: unknown backend name.
+        BackendUnavailableError: a named backend cannot run here, or none can (with reasons).
+    """
+    if backend not in BACKEND_NAMES:
+        raise InputError(f"backend: expected one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
+    if backend != "auto":
+        why = reasons(backend, device, dtype)
+        if why:
+            raise BackendUnavailableError(
+                f"backend {backend!r} cannot run on {device.type} tensors of {dtype}: " + "; ".join(why)
+            )
+        return _module(backend)[0]
+    collected = {}
+    for name in auto_order(device):
+        why = reasons(name, device, dtype)
+        if not why:
+            return _module(name)[0]
+        collected[name] = why
+    lines = "\n".join(f"  {n}: {'; '.join(w)}" for n, w in collected.items())
+    raise BackendUnavailableError(f"no backend can run on {device.type} tensors of {dtype}:\n{lines}")
+
+
+def explain(device: torch.device, dtype: torch.dtype = torch.float32) -> list[tuple[str, list[str]]]:
+    """(name, reasons) for each backend in auto order for ``device``, then the others."""
+    names = list(auto_order(device)) + [n for n in _MODULES if n not in auto_order(device)]
+    return [(n, reasons(n, device, dtype)) for n in names]

@@ -1,0 +1,352 @@
+"""``cbda.select`` and the streaming round API ``AcquisitionRound``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ..backends.base import STRATEGIES, RoundPlan
+from ..balance import check_goal, class_weights as compute_class_weights
+from ..errors import InputError, StateError
+from ..scores import ScoreSpec
+from ..selection import Selection
+from . import dispatch
+from .validate import (
+    check_budget,
+    check_heuristic,
+    check_image_ids,
+    check_int,
+    check_logits,
+    check_out_size,
+    check_round_index,
+    check_scores,
+    check_strategy,
+    image_quota,
+    per_image_quota,
+)
+
+__all__ = ["AcquisitionRound", "select"]
+
+
+def _prior_picks(state, image_ids: torch.Tensor):
+    from ..state import PriorPicks
+
+    if state is None:
+        return PriorPicks.empty(int(image_ids.numel()))
+    return state.prior_picks(image_ids)
+
+
+class AcquisitionRound:
+    """One acquisition round fed batch by batch; ``finish()`` returns the ``Selection``.
+
+    Memory stays O(K + one batch) on the fused backends: no score map of an earlier batch is
+    kept. The round touches the ``state`` only in ``finish(commit=True)``, so an error at any
+    point leaves the state as it was.
+
+    Args: as ``cbda.select`` (``num_images`` is the size N of the whole target set, needed by
+    ``da``/``cbda``/``image`` and by class weights; taken from ``state.num_images`` when
+    not given).
+    """
+
+    def __init__(
+        self,
+        *,
+        budget: float,
+        rounds: int = 5,
+        round_index: int | None = None,
+        strategy: str = "cbda",
+        heuristic: str = "ripu",
+        radius: int = 1,
+        out_size: tuple[int, int] | None = None,
+        state=None,
+        goal=None,
+        class_weights=None,
+        backend: str = "auto",
+        num_images: int | None = None,
+        seed: int = 0,
+    ):
+        self.budget = check_budget(budget)
+        self.rounds = check_int("rounds", rounds, 1)
+        self.strategy = check_strategy(strategy)
+        self.spec_heuristic = check_heuristic(heuristic)
+        self.radius = check_int("radius", radius, 0)
+        self.out_size = check_out_size(out_size)
+        self.state = state
+        if backend not in dispatch.BACKEND_NAMES:
+            raise InputError(f"backend: expected one of {', '.join(dispatch.BACKEND_NAMES)}, got {backend!r}")
+        self.backend = backend
+        self.seed = int(seed)
+        if round_index is None:
+            round_index = state.num_rounds + 1 if state is not None else 1
+        self.round_index = check_round_index(round_index, self.rounds)
+        if state is not None and self.round_index != state.num_rounds + 1:
+            raise StateError(
+                f"round_index: the state has {state.num_rounds} rounds recorded, so the next round is "
+                f"{state.num_rounds + 1}, got {self.round_index}"
+            )
+        if state is not None and self.out_size is not None and tuple(state.image_size) != self.out_size:
+            raise InputError(f"out_size: expected the state's image_size {tuple(state.image_size)}, got {self.out_size}")
+        self.num_classes = state.num_classes if state is not None else None
+        self.goal = goal
+        if goal is not None and self.num_classes is not None:
+            check_goal(goal, self.num_classes)
+        self.user_weights = None
+        if class_weights is not None:
+            w = torch.as_tensor(class_weights, dtype=torch.float32).flatten().cpu()
+            if not torch.isfinite(w).all() or (w < 0).any():
+                raise InputError("class_weights: expected finite non-negative weights, one per class")
+            if self.num_classes is not None and w.numel() != self.num_classes:
+                raise InputError(f"class_weights: expected {self.num_classes} weights (one per class), got {w.numel()}")
+            if w.numel() < 2:
+                raise InputError(f"class_weights: expected one weight per class (C >= 2), got {w.numel()}")
+            self.user_weights = w
+            self.num_classes = self.num_classes or w.numel()
+        if num_images is not None:
+            num_images = check_int("num_images", num_images, 1)
+        elif state is not None and getattr(state, "num_images", None):
+            num_images = int(state.num_images)
+        self.num_images = num_images
+        if state is not None and self.class_balanced and self.user_weights is None:
+            if state.num_rounds and state.labels_pending():
+                raise StateError(
+                    "state: labels of an earlier round are still pending; class weights need them "
+                    "(call state.set_labels or state.label_from_ground_truth first)"
+                )
+        self._acc = None
+        self._module = None
+        self._plan: RoundPlan | None = None
+        self._seen: set[int] = set()
+        self._image_size = tuple(state.image_size) if state is not None else self.out_size
+        self._finished = False
+
+    @property
+    def class_balanced(self) -> bool:
+        return STRATEGIES[self.strategy][1]
+
+    # -- the plan, fixed at the first batch --------------------------------------------------
+    def _weights(self, num_classes: int, n: int) -> torch.Tensor | None:
+        if self.user_weights is not None:
+            return self.user_weights
+        if not self.class_balanced:
+            return None
+        h, w = self._image_size
+        if self.state is not None:
+            counts = self.state.class_counts(before_round=self.round_index)
+        else:
+            counts = torch.zeros(num_classes, dtype=torch.int64)
+        return compute_class_weights(counts, n * h * w, self.budget, self.round_index, self.rounds, self.goal)
+
+    def _open(self, device: torch.device, dtype: torch.dtype, num_classes: int | None, batch: int):
+        scope = STRATEGIES[self.strategy][0]
+        n = self.num_images
+        if n is None and scope != "per_image" or n is None and self.class_balanced and self.user_weights is None:
+            raise InputError(
+                "num_images: the size N of the target set is needed (for K = N·m, whole-image quotas and "
+                "class weights); pass num_images=, a state with num_images, or all logits as one tensor"
+            )
+        if num_classes is not None and self.num_classes is not None and num_classes != self.num_classes:
+            raise InputError(f"logits: expected {self.num_classes} classes (dimension 1), got {num_classes}")
+        c = self.num_classes or num_classes
+        if self.goal is not None and c is not None:
+            check_goal(self.goal, c)
+        h, w = self._image_size
+        m = per_image_quota(h, w, self.budget, self.rounds, self.radius)
+        total = None
+        if scope == "global":
+            total = n * m
+        elif scope == "image":
+            total = image_quota(n, self.budget, self.rounds)
+        weights = self._weights(c, n) if c is not None else None
+        if self.class_balanced and weights is None:
+            raise InputError("class_weights: the number of classes is unknown; give pseudo_labels with a state, or class_weights")
+        spec = ScoreSpec(self.spec_heuristic, self.radius, self.out_size, self.seed)
+        module = dispatch.resolve(self.backend, device, dtype)
+        plan = RoundPlan(self.strategy, spec, self.radius, (h, w), m if scope == "per_image" else None, total, weights)
+        self._module, self._plan, self.num_classes = module, plan, c
+        self._acc = module.open_round(plan)
+
+    def _check_ids(self, image_ids, batch: int) -> torch.Tensor:
+        ids = check_image_ids(image_ids, batch)
+        again = self._seen.intersection(ids.tolist())
+        if again:
+            raise InputError(f"image_ids: image ids {sorted(again)[:5]} appear twice in this round")
+        # ids index the state's images when it knows how many there are; otherwise any
+        # distinct non-negative integers will do
+        limit = getattr(self.state, "num_images", None) if self.state is not None else None
+        if limit is not None and ids.numel() and int(ids.max()) >= limit:
+            raise InputError(f"image_ids: unknown image id {int(ids.max())}, expected ids in [0, {limit})")
+        return ids
+
+    def _check_open(self):
+        if self._finished:
+            raise StateError("this round is finished; start a new AcquisitionRound")
+
+    def add(self, image_ids, logits: torch.Tensor) -> None:
+        """Score and consider one batch.
+
+        Args:
+            image_ids: (B,) int64 (tensor or sequence) global ids, distinct in the round.
+            logits: (B, C, h, w) float32/bfloat16/float16 on any device.
+        """
+        self._check_open()
+        check_logits(logits, num_classes=self.num_classes)
+        b, c, h, w = logits.shape
+        size = self.out_size or (h, w)
+        if self._image_size is None:
+            self._image_size = size
+        elif tuple(size) != tuple(self._image_size):
+            raise InputError(
+                f"logits: expected spatial size {tuple(self._image_size)} (or pass out_size), got {(h, w)}"
+            )
+        ids = self._check_ids(image_ids, b)
+        if b == 0:
+            return
+        if self._acc is None:
+            self._open(logits.device, logits.dtype, c, b)
+        self._acc.add(ids, _prior_picks(self.state, ids), logits=logits)
+        self._seen.update(ids.tolist())
+
+    def add_scores(self, image_ids, scores: torch.Tensor, pseudo_labels: torch.Tensor | None = None) -> None:
+        """Consider one batch of precomputed score maps (heuristic agnostic).
+
+        Args:
+            image_ids: (B,) int64 global ids.
+            scores: (B, H, W) floating, finite (higher = more worth labelling).
+            pseudo_labels: (B, H, W) integer classes in [0, C); needed by cbra/cbda.
+        """
+        self._check_open()
+        need = self.class_balanced and self.user_weights is None or self.user_weights is not None
+        scores, labels = check_scores(scores, pseudo_labels, self.num_classes, need)
+        b, h, w = scores.shape
+        if self._image_size is None:
+            self._image_size = (h, w)
+        elif (h, w) != tuple(self._image_size):
+            raise InputError(f"scores: expected spatial size {tuple(self._image_size)}, got {(h, w)}")
+        ids = self._check_ids(image_ids, b)
+        if b == 0:
+            return
+        if self._acc is None:
+            c = self.num_classes
+            if c is None and labels is not None and self.class_balanced:
+                raise InputError("class_weights: the number of classes is unknown for precomputed scores; pass a state or class_weights")
+            self._open(scores.device, torch.float32, c, b)
+        self._acc.add(ids, _prior_picks(self.state, ids), scores=scores.to(torch.float32), labels=labels)
+        self._seen.update(ids.tolist())
+
+    def finish(self, commit: bool = True) -> Selection:
+        """The round's picks; with a state and ``commit``, record them as a new round."""
+        self._check_open()
+        if self._acc is None:
+            if self._image_size is None:
+                raise InputError("logits: the round received no image; its size is unknown")
+            from ..backends.base import Picks
+
+            picks = Picks.empty()
+            weights = None
+        else:
+            picks = self._acc.finish()
+            weights = self._plan.class_weights
+        sel = Selection(
+            image_ids=picks.image_ids.cpu(),
+            ys=picks.ys.cpu(),
+            xs=picks.xs.cpu(),
+            scores=picks.scores.cpu().to(torch.float32),
+            classes=picks.classes.cpu(),
+            radius=self.radius,
+            image_size=tuple(self._image_size),
+            round_index=self.round_index,
+            strategy=self.strategy,
+            class_weights=weights,
+            predicted_counts=picks.predicted_counts.cpu() if picks.predicted_counts is not None else None,
+        )
+        if self.state is not None and commit:
+            self.state.record(sel)
+        self._finished = True
+        return sel
+
+
+def _batches(logits, image_ids):
+    """Normalise ``logits`` into (image_ids, logits) batches."""
+    if isinstance(logits, torch.Tensor):
+        yield image_ids, logits
+        return
+    if not isinstance(logits, Iterable):
+        raise InputError(f"logits: expected a tensor (B, C, h, w) or an iterable of (image_ids, logits), got {type(logits).__name__}")
+    if image_ids is not None:
+        raise InputError("image_ids: give the ids inside each (image_ids, logits) batch when logits is an iterable")
+    for item in logits:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise InputError("logits: each item of the iterable must be a pair (image_ids, logits)")
+        yield item[0], item[1]
+
+
+def select(
+    logits=None,
+    *,
+    scores=None,
+    pseudo_labels=None,
+    image_ids=None,
+    budget: float,
+    rounds: int = 5,
+    round_index: int | None = None,
+    strategy: str = "cbda",
+    heuristic: str = "ripu",
+    radius: int = 1,
+    out_size: tuple[int, int] | None = None,
+    state=None,
+    goal=None,
+    class_weights=None,
+    backend: str = "auto",
+    num_images: int | None = None,
+    seed: int = 0,
+    commit: bool = True,
+) -> Selection:
+    """Run one acquisition round and return what to label.
+
+    Args:
+        logits: (B, C, h, w) float32/bfloat16/float16 tensor, or an iterable of
+            ``(image_ids, logits)`` batches consumed streaming (then ``num_images`` or
+            ``state.num_images`` gives N).
+        scores, pseudo_labels: precomputed (B, H, W) scores and int64 classes instead of logits.
+        image_ids: (B,) int64 global ids of a tensor input (default 0..B-1).
+        budget: total labelled fraction over all rounds, in (0, 1]; each round takes
+            budget/rounds, counted in regions of (2r+1)² pixels as RIPU does.
+        rounds: number of rounds R. round_index: 1-based; default state.num_rounds + 1 (or 1).
+        strategy: ``image``, ``ra``, ``da``, ``cbra`` or ``cbda``.
+        heuristic: see ``cbda.HEURISTICS``. radius: region radius r.
+        out_size: (H, W) label size the logits are upsampled to inside the kernel.
+        state: ``cbda.ActiveLabelState``: earlier picks block overlapping centres, its class
+            counts give the class weights, and with ``commit`` the picks are recorded in it.
+        goal: (C,) goal class distribution (uniform by default).
+        class_weights: (C,) weights to use instead of those from the state's counts.
+        backend: ``auto``, ``reference``, ``cpu``, ``triton`` or ``cuda``.
+        num_images: N, the size of the target set (default: state.num_images or B).
+        seed: seed of the ``random`` heuristic.
+        commit: record the picks in ``state``.
+    Returns:
+        ``cbda.Selection`` (image_ids, ys, xs int64; scores float32; classes int64; in pick
+        order).
+    """
+    if (logits is None) == (scores is None):
+        raise InputError("logits/scores: give exactly one of logits (a tensor or batches) or scores")
+    if scores is None and pseudo_labels is not None:
+        raise InputError("pseudo_labels: only used together with scores")
+    if num_images is None and (state is None or not getattr(state, "num_images", None)):
+        if isinstance(logits, torch.Tensor):
+            num_images = logits.shape[0] if logits.dim() == 4 and logits.shape[0] > 0 else None
+        elif isinstance(scores, torch.Tensor):
+            num_images = scores.shape[0] if scores.dim() == 3 and scores.shape[0] > 0 else None
+    rnd = AcquisitionRound(
+        budget=budget, rounds=rounds, round_index=round_index, strategy=strategy, heuristic=heuristic,
+        radius=radius, out_size=out_size, state=state, goal=goal, class_weights=class_weights,
+        backend=backend, num_images=num_images, seed=seed,
+    )
+    if scores is not None:
+        rnd.add_scores(image_ids, scores, pseudo_labels)
+    else:
+        for ids, batch in _batches(logits, image_ids):
+            if not isinstance(batch, torch.Tensor):
+                raise InputError(f"logits: expected tensors (B, C, h, w) in each batch, got {type(batch).__name__}")
+            rnd.add(ids if ids is not None else None, batch)
+    return rnd.finish(commit=commit)

@@ -1,0 +1,1 @@
+"""Backends: one module each, all meeting DESIGN §1 exactly. ``cbda.api.dispatch`` picks one."""
