@@ -1,0 +1,79 @@
+"""`cbda train|eval|report` (also `python -m cbda.train`).
+
+  cbda train --config demo --work-dir runs/demo [key=value ...] [--resume [CKPT]]
+  cbda eval  --work-dir runs/demo [--checkpoint CKPT] [key=value ...]
+  cbda report runs/ra runs/cbda [--out DIR] [--baseline ra]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cbda", description="CBDA training driver")
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a run (or resume one)")
+    t.add_argument("--config", help="shipped config name (see `cbda configs`) or a YAML path; "
+                                    "default when resuming: <work-dir>/config.yaml")
+    t.add_argument("--work-dir", required=True, help="output folder of the run")
+    t.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="continue from the latest checkpoint in the work dir (or the given file)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.iters=100")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the target val split")
+    e.add_argument("--work-dir", required=True)
+    e.add_argument("--config", help="default: <work-dir>/config.yaml")
+    e.add_argument("--checkpoint", help="default: the latest in <work-dir>/checkpoints")
+    e.add_argument("overrides", nargs="*")
+    r = sub.add_parser("report", help="table and plots across runs")
+    r.add_argument("runs", nargs="+", help="work dirs (or metrics.json files)")
+    r.add_argument("--out", help="folder for report.md and the PNG plots")
+    r.add_argument("--baseline", help="run (folder name) the IoU gains are measured against")
+    sub.add_parser("configs", help="list the shipped configs")
+    return ap
+
+
+def _config(args, work_dir: Path, resuming: bool) -> dict:
+    from .config import load_config
+    name = args.config
+    if name is None:
+        saved = work_dir / "config.yaml"
+        if not (resuming and saved.is_file()):
+            raise SystemExit("cbda: --config is required" + ("" if resuming else " (or --resume with a saved config)"))
+        name = saved
+    return load_config(name, args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "configs":
+        from .config import available_configs
+        print("\n".join(available_configs()))
+        return 0
+    if args.command == "report":
+        from .report import report
+        print(report(args.runs, args.out, args.baseline))
+        return 0
+    from .config import ConfigError
+    from .data.base import DatasetNotFoundError
+    try:
+        if args.command == "train":
+            from .trainer import train
+            work = Path(args.work_dir)
+            cfg = _config(args, work, bool(args.resume))
+            train(cfg, work, resume=args.resume, progress=not args.no_progress)
+        elif args.command == "eval":
+            from .trainer import evaluate_checkpoint
+            work = Path(args.work_dir)
+            cfg = _config(args, work, True)
+            evaluate_checkpoint(cfg, work, args.checkpoint)
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as e:
+        print(f"cbda {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

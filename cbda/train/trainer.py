@@ -1,0 +1,419 @@
+"""The training driver: RIPU's domain-adaptive active learning loop around cbda.select.
+
+Each iteration draws 2 source images (class-balanced) and 2 target images, and minimises
+CE(source) + CE(target, actively labelled pixels) + 0.1 local consistency (source) + 1.0 negative
+learning (target), with SGD and poly decay. At the schedule's iterations it runs an acquisition
+round (acquisition.run_round) and records the labelled-class histogram and imbalance score.
+Checkpoints hold everything needed for `--resume` to continue exactly: the same batches, the
+same picks, the same weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader
+
+import cbda
+
+from . import checkpoint as ckpt
+from . import distributed as dist_utils
+from .acquisition import run_round, round_summary
+from .data import GTAV, Cityscapes, Synthia
+from .data.imageio import resize_nearest
+from .data.labels import IGNORE_INDEX, class_names
+from .data.sampler import BatchStream, ClassBalancedSampler, ShuffledStream, class_presence
+from .data.synthetic import ensure_generated
+from .evaluate import evaluate, summarize
+from .losses import cross_entropy, local_consistency, negative_learning
+from .metrics_io import ScalarLog, write_json
+from .model import build_model
+from .report import format_results
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODES = ("adapt", "source_only", "supervised")
+
+
+def resolve_roots(cfg: dict, work_dir: Path) -> tuple[Path | None, Path]:
+    """(source_root, target_root). With `data.generate` set, missing roots default to
+    <work_dir>/data/<layout> and the built-in dataset is generated there if absent."""
+    data = cfg["data"]
+    gen = data.get("generate")
+    src_layout = data.get("source")
+    src, tgt = data.get("source_root"), data.get("target_root")
+    if gen:
+        base = Path(gen.get("dir") or work_dir / "data")
+        src = Path(src) if src else base / (src_layout or "gtav")
+        tgt = Path(tgt) if tgt else base / "cityscapes"
+        if dist_utils.rank() == 0:
+            ensure_generated(gen, src, tgt, src_layout or "gtav", log=_log)
+        dist_utils.barrier()
+    if tgt is None:
+        raise ValueError("data.target_root is not set: point it at the Cityscapes folder")
+    if src is None and src_layout and cfg.get("mode", "adapt") != "supervised":
+        raise ValueError(f"data.source_root is not set: point it at the {src_layout} folder")
+    return (Path(src) if src else None), Path(tgt)
+
+
+def build_source(cfg: dict, root: Path, size, label_size="image"):
+    kind, C = cfg["data"]["source"], int(cfg["data"]["num_classes"])
+    if kind == "gtav":
+        return GTAV(root, size, C, label_size=label_size)
+    if kind == "synthia":
+        return Synthia(root, size, C, label_size=label_size)
+    raise ValueError(f"data.source must be gtav or synthia, got {kind!r}")
+
+
+def _log(msg: str) -> None:
+    if dist_utils.rank() == 0:
+        print(msg, flush=True)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def poly_lr(base: float, it: int, horizon: int, power: float) -> float:
+    return base * (1 - min(it, horizon - 1) / horizon) ** power
+
+
+class Trainer:
+    """Build everything from a config; `run()` trains (or resumes) and returns metrics.json."""
+
+    def __init__(self, cfg: dict, work_dir: str | Path, resume: bool | str | Path = False,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.mode = cfg.get("mode", "adapt")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        dev = cfg.get("device", "auto")
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.rank, self.world, local = dist_utils.init(torch.device(dev).type)
+        self.device = torch.device(f"cuda:{local}" if dev == "cuda" else dev)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress and self.rank == 0
+        tr = cfg["train"]
+        seed_everything(int(cfg.get("seed", 0)) + self.rank, bool(tr.get("deterministic", False)))
+        self.C = int(cfg["data"]["num_classes"])
+        self.classes = class_names(self.C)
+        self._build_data()
+        self.model = build_model(cfg["model"], self.C).to(self.device)
+        self.channels_last = bool(tr.get("channels_last", True))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        bb, head = self.model.param_groups()
+        self.base_lrs = [float(tr["lr"]), float(tr["lr"]) * float(tr.get("head_lr_mult", 10.0))]
+        self.optimizer = torch.optim.SGD(
+            [{"params": bb, "lr": self.base_lrs[0]}, {"params": head, "lr": self.base_lrs[1]}],
+            lr=self.base_lrs[0], momentum=float(tr.get("momentum", 0.9)),
+            weight_decay=float(tr.get("weight_decay", 5e-4)))
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.iteration = 0
+        self.metrics = {"name": cfg.get("name"), "mode": self.mode,
+                        "strategy": cfg["active"].get("strategy"), "budget": cfg["active"].get("budget"),
+                        "classes": list(self.classes), "rounds": [], "evals": []}
+        self.state = cbda.ActiveLabelState(image_size=tuple(self.label_size), num_classes=self.C,
+                                           num_images=len(self.tgt_train))
+        self._label_cache: dict[int, torch.Tensor] = {}
+        if resume:
+            self._resume(resume)
+
+    # ---------------------------------------------------------------- data
+    def _build_data(self) -> None:
+        cfg, data = self.cfg, self.cfg["data"]
+        src_root, tgt_root = resolve_roots(cfg, self.work_dir)
+        tsize = tuple(data["target_size"])
+        supervised = self.mode == "supervised"
+        # target images only: their training labels come from the labelling state
+        self.tgt_train = Cityscapes(tgt_root, "train", tsize, self.C, with_labels=supervised)
+        self.tgt_gt = Cityscapes(tgt_root, "train", None, self.C, with_labels=True)
+        self.tgt_val = Cityscapes(tgt_root, "val", tuple(data["eval_size"]), self.C, label_size=None)
+        self.label_size = tuple(data.get("label_size") or self.tgt_gt.native_label_size())
+        self.src = None
+        seed = int(cfg.get("seed", 0)) * 1000 + self.rank
+        if self.mode != "supervised":
+            self.src = build_source(cfg, src_root, tuple(data["source_size"]))
+            if data.get("class_balanced", True):
+                presence = class_presence(
+                    len(self.src), self.src.read_gt, self.C,
+                    cache=self.work_dir / "cache" / "source_class_presence.json",
+                    key=[str(src_root.resolve())] + self.src.names())
+                self.src_stream = ClassBalancedSampler(presence, self.C, seed)
+            else:
+                self.src_stream = ShuffledStream(len(self.src), seed)
+        self.tgt_stream = ShuffledStream(len(self.tgt_train), seed + 1)
+        self.consumed = {"source": 0, "target": 0}
+
+    def _loader(self, dataset, stream, batch_size):
+        workers = int(self.cfg["data"].get("num_workers", 0))
+        # a private generator: creating loader iterators must not consume the global torch RNG
+        return iter(DataLoader(dataset, batch_sampler=BatchStream(stream, batch_size),
+                               num_workers=workers, pin_memory=self.device.type == "cuda",
+                               persistent_workers=workers > 0,
+                               generator=torch.Generator().manual_seed(0)))
+
+    def _eval_loader(self, dataset, batch_size):
+        indices = list(range(len(dataset)))[self.rank::self.world]
+        return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                          num_workers=int(self.cfg["data"].get("num_workers", 0)),
+                          generator=torch.Generator().manual_seed(0))
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalised float on the device (channels_last if configured)."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        if self.cfg["train"].get("bf16", False):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def target_gt(self, image_id: int) -> np.ndarray:
+        """(H, W) uint8 train ids of target image `image_id` at the label size (the annotator)."""
+        gt = self.tgt_gt.read_gt(int(image_id))
+        return resize_nearest(gt, self.label_size).astype(np.uint8)
+
+    def active_labels(self, indices) -> torch.Tensor:
+        """(B, h, w) int64 training labels of target images from the labelling state: train ids
+        where actively labelled, 255 elsewhere, nearest-resized to the target training size."""
+        out = []
+        for i in indices:
+            i = int(i)
+            if i not in self._label_cache:
+                lab = resize_nearest(np.asarray(self.state.label_map(i)), tuple(self.cfg["data"]["target_size"]))
+                self._label_cache[i] = torch.from_numpy(lab.astype(np.int64))
+            out.append(self._label_cache[i])
+        return torch.stack(out)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _payload(self) -> dict:
+        return {"iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_states(),
+                "consumed": dict(self.consumed), "state": dist_utils.state_to_bytes(self.state),
+                "metrics": self.metrics, "config": self.cfg}
+
+    def save_checkpoint(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        d = self.work_dir / "checkpoints"
+        path = d / f"iter_{self.iteration:07d}.pt"
+        ckpt.save(path, self._payload())
+        ckpt.prune(d, int(self.cfg["train"].get("keep_checkpoints", 2)))
+        return path
+
+    def _resume(self, resume) -> None:
+        path = ckpt.latest(self.work_dir / "checkpoints") if resume is True else Path(resume)
+        if path is None or not Path(path).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint found in {self.work_dir / 'checkpoints'}")
+        p = ckpt.load(path)
+        self.model.load_state_dict(p["model"])
+        self.optimizer.load_state_dict(p["optimizer"])
+        self.state = dist_utils.state_from_bytes(p["state"])
+        self.iteration = int(p["iteration"])
+        self.metrics = p["metrics"]
+        self.consumed = dict(p["consumed"])
+        if self.src is not None:
+            self.src_stream.skip_to(self.consumed["source"] * int(self.cfg["train"]["batch_source"]))
+        self.tgt_stream.skip_to(self.consumed["target"] * int(self.cfg["train"]["batch_target"]))
+        if self.rank == 0:
+            ckpt.set_rng_states(p["rng"])
+        _log(f"resumed from {path} at iteration {self.iteration} ({self.state.num_rounds} rounds done)")
+
+    # ---------------------------------------------------------------- steps
+    def _upsample(self, logits, size):
+        return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
+
+    def train_step(self, src_batch, tgt_batch) -> dict:
+        tr = self.cfg["train"]
+        losses = {}
+        total = 0.0
+        if src_batch is not None:
+            x, y = self.prepare(src_batch["image"]), src_batch["label"].to(self.device)
+            with self.autocast():
+                logits = self._upsample(self.net(x), tuple(y.shape[-2:]))
+            ce = cross_entropy(logits, y)
+            lc = local_consistency(logits, y)
+            total = total + (ce if ce is not None else 0.0) + float(tr.get("lambda_lc", 0.1)) * lc
+            losses["loss_source"] = float(ce.detach()) if ce is not None else None
+            losses["loss_lc"] = float(lc.detach())
+        if tgt_batch is not None:
+            x = self.prepare(tgt_batch["image"])
+            if self.mode == "supervised":
+                y = tgt_batch["label"].to(self.device)
+            else:
+                y = self.active_labels(tgt_batch["index"]).to(self.device)
+            with self.autocast():
+                logits = self._upsample(self.net(x), tuple(y.shape[-2:]))
+            ce = cross_entropy(logits, y)
+            if ce is not None:
+                total = total + ce
+            losses["loss_target"] = float(ce.detach()) if ce is not None else None
+            if self.mode == "adapt" and float(tr.get("lambda_nl", 1.0)) > 0:
+                nl = negative_learning(logits, float(tr.get("nl_threshold", 0.05)))
+                total = total + float(tr.get("lambda_nl", 1.0)) * nl
+                losses["loss_nl"] = float(nl.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.is_tensor(total):
+            total.backward()
+            self.optimizer.step()
+        losses["loss"] = float(total.detach()) if torch.is_tensor(total) else float(total)
+        return losses
+
+    def acquire(self, k: int) -> None:
+        active = self.cfg["active"]
+        entry_extra = {}
+        if self.cfg.get("eval", {}).get("before_rounds", False):
+            res = self.evaluate()
+            entry_extra["miou_before"] = res["miou"]
+            entry_extra["min_iou_before"] = res["min_iou"]
+        t0 = time.time()
+        n_picks = 0
+        if self.rank == 0:
+            loader = DataLoader(self.tgt_train, batch_size=int(active.get("batch_size", 2)),
+                                num_workers=int(self.cfg["data"].get("num_workers", 0)),
+                                generator=torch.Generator().manual_seed(0))
+            sel = run_round(self.model, loader, self.state, k, active, self.label_size,
+                            len(self.tgt_train), self.target_gt, self.prepare,
+                            self.autocast if self.cfg["train"].get("bf16") else None,
+                            seed=int(self.cfg.get("seed", 0)))
+            n_picks = len(sel)
+        self.state = dist_utils.broadcast_state(self.state)
+        self._label_cache.clear()
+        entry = round_summary(self.state, self.classes, k, self.iteration, n_picks)
+        entry.update(entry_extra, seconds=round(time.time() - t0, 3))
+        self.metrics["rounds"].append(entry)
+        _log(f"round {k}: {n_picks} picks, labelled {100 * (entry['labelled_fraction'] or 0):.2f}% "
+             f"of target pixels, imbalance score {entry['imbalance_score']}")
+
+    def evaluate(self) -> dict:
+        ev = self.cfg.get("eval", {})
+        loader = self._eval_loader(self.tgt_val, int(ev.get("batch_size", 1)))
+        conf = evaluate(self.model, loader, self.C, self.prepare, bool(ev.get("flip", True)),
+                        self.autocast if self.cfg["train"].get("bf16") else None)
+        conf = dist_utils.all_reduce_sum(conf.to(self.device)).cpu()
+        res = summarize(conf.numpy(), self.classes)
+        res["iteration"] = self.iteration
+        self.metrics["evals"].append({"iteration": self.iteration, "miou": res["miou"],
+                                      "min_iou": res["min_iou"]})
+        return res
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict:
+        cfg, tr, active = self.cfg, self.cfg["train"], self.cfg["active"]
+        iters = int(tr["iters"])
+        schedule = [int(s) for s in (active.get("schedule") or [])] if self.mode == "adapt" else []
+        if self.mode == "adapt":
+            if len(schedule) != int(active["rounds"]):
+                raise ValueError(f"active.schedule has {len(schedule)} iterations but active.rounds = {active['rounds']}")
+            if any(s >= iters for s in schedule):
+                _log(f"warning: schedule {schedule} has rounds at or after train.iters={iters}; they will not run")
+        if self.rank == 0:
+            (self.work_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        log = ScalarLog(self.work_dir, enabled=self.rank == 0, start_iteration=self.iteration)
+        src_iter = self._loader(self.src, self.src_stream, int(tr["batch_source"])) if self.src is not None else None
+        tgt_iter = None
+        if self.mode != "source_only":
+            tgt_iter = self._loader(self.tgt_train, self.tgt_stream, int(tr["batch_target"]))
+        horizon = int(tr.get("poly_iters", iters))
+        every, log_every = int(tr.get("checkpoint_every", 0)), int(tr.get("log_every", 50))
+        eval_every = int(cfg.get("eval", {}).get("every", 0) or 0)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=iters, initial=self.iteration, desc=cfg.get("name") or "train",
+                       dynamic_ncols=True, file=sys.stderr)
+        self.model.train()
+        t_last = time.time()
+        while self.iteration < iters:
+            k = self.state.num_rounds
+            if k < len(schedule) and self.iteration >= schedule[k]:
+                self.acquire(k + 1)
+                continue
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = poly_lr(base, self.iteration, horizon, float(tr.get("poly_power", 0.9)))
+            src_batch = next(src_iter) if src_iter is not None else None
+            tgt_batch = next(tgt_iter) if tgt_iter is not None else None
+            self.consumed["source"] += src_iter is not None
+            self.consumed["target"] += tgt_iter is not None
+            losses = self.train_step(src_batch, tgt_batch)
+            self.iteration += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss']:.3f}", rounds=self.state.num_rounds)
+            if self.iteration % log_every == 0 or self.iteration == iters:
+                now = time.time()
+                losses.update(lr=self.optimizer.param_groups[0]["lr"],
+                              sec_per_iter=(now - t_last) / log_every)
+                t_last = now
+                log.scalars(self.iteration, losses)
+            if eval_every and self.iteration % eval_every == 0 and self.iteration < iters:
+                res = self.evaluate()
+                log.scalars(self.iteration, {"val/miou": res["miou"], "val/min_iou": res["min_iou"]}, csv_row=False)
+            if (every and self.iteration % every == 0) or self.iteration == iters:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        final = self.evaluate()
+        self.metrics["final"] = final
+        log.scalars(self.iteration, {"val/miou": final["miou"], "val/min_iou": final["min_iou"]}, csv_row=False)
+        for r in self.metrics["rounds"]:
+            if r.get("imbalance_score") is not None:
+                log.scalars(r["round"], {"rounds/imbalance_score": r["imbalance_score"]}, csv_row=False)
+        log.close()
+        if self.rank == 0:
+            write_json(self.work_dir / "metrics.json", self.metrics)
+            self.state.save(self.work_dir / "active_state.pt")
+        return self.metrics
+
+
+def train(cfg: dict, work_dir: str | Path, resume=False, progress: bool = True, quiet: bool = False) -> dict:
+    """Train (or resume) a run; prints the results table unless quiet; returns metrics.json."""
+    t0 = time.time()
+    trainer = Trainer(cfg, work_dir, resume=resume, progress=progress)
+    metrics = trainer.run()
+    metrics["seconds"] = round(time.time() - t0, 1)
+    if trainer.rank == 0:
+        write_json(Path(work_dir) / "metrics.json", metrics)
+        if not quiet:
+            print(format_results(metrics), flush=True)
+    return metrics
+
+
+def evaluate_checkpoint(cfg: dict, work_dir: str | Path, checkpoint: str | Path | None = None,
+                        quiet: bool = False) -> dict:
+    """Evaluate a checkpoint (default: the latest in work_dir) and print its results table;
+    the "final" entry of metrics.json is updated. Returns the metrics."""
+    path = Path(checkpoint) if checkpoint else ckpt.latest(Path(work_dir) / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(work_dir) / 'checkpoints'}")
+    trainer = Trainer(cfg, work_dir, resume=path, progress=False)
+    final = trainer.evaluate()
+    trainer.metrics["final"] = final
+    if trainer.rank == 0:
+        write_json(Path(work_dir) / "metrics.json", trainer.metrics)
+        if not quiet:
+            print(format_results(trainer.metrics), flush=True)
+    return trainer.metrics
