@@ -5,6 +5,7 @@ import pytest
 
 pytest.importorskip("PIL")
 pytest.importorskip("yaml")
+pytest.importorskip("matplotlib")  # the `train` extra: pillow, pyyaml, tqdm, tensorboard, matplotlib
 
 from cbda.train.data import synthetic  # noqa: E402
 

@@ -1,5 +1,6 @@
 """End to end on tiny generated datasets in the real layouts: a few iterations, two rounds,
 resume, evaluation, report."""
+import importlib.util
 import json
 
 import numpy as np
@@ -38,7 +39,8 @@ def test_gtav_to_cityscapes_two_rounds_and_exact_resume(tiny_data, tiny_override
     final = saved["final"]
     assert {"miou", "per_class_iou", "min_iou"} <= set(final) and len(final["per_class_iou"]) == 19
     assert (straight / "metrics.csv").read_text().count("\n") == 1 + 3  # header + iterations 2, 4, 6
-    assert any((straight / "tensorboard").iterdir())
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert any((straight / "tensorboard").iterdir())
     state = _state(straight)
     assert state.num_rounds == 2
     assert m["final"]["miou"] == final["miou"]
