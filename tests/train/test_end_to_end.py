@@ -73,7 +73,8 @@ def test_gtav_to_cityscapes_two_rounds_and_exact_resume(tiny_data, tiny_override
 def test_synthia_to_cityscapes_cli(tiny_data, tiny_overrides, tmp_path, capsys):
     run = tmp_path / "syn"
     rc = main(["train", "--config", "demo", "--work-dir", str(run), "--no-progress",
-               *tiny_overrides(tiny_data, "synthia", **{"active.strategy": "cbra", "train.iters": 5})])
+               *tiny_overrides(tiny_data, "synthia", **{"active.strategy": "cbra", "train.iters": 5,
+                                                           "train.channels_last": "true"})])
     assert rc == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "imbalance" in out
@@ -84,7 +85,8 @@ def test_synthia_to_cityscapes_cli(tiny_data, tiny_overrides, tmp_path, capsys):
 
 def test_source_only_and_supervised_modes(tiny_data, tiny_overrides, tmp_path):
     ov = tiny_overrides(tiny_data, "gtav", **{"train.iters": 2, "train.checkpoint_every": 0})
-    m = train(load_config("demo", ov + ["mode=source_only"]), tmp_path / "so", progress=False, quiet=True)
+    m = train(load_config("demo", ov + ["mode=source_only", "train.bf16=true"]), tmp_path / "so",
+              progress=False, quiet=True)
     assert m["rounds"] == [] and m["final"]["miou"] >= 0
     m = train(load_config("demo", ov + ["mode=supervised"]), tmp_path / "sup", progress=False, quiet=True)
     assert m["rounds"] == [] and m["final"]["miou"] >= 0
