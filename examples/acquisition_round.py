@@ -6,7 +6,7 @@ side by side for a few rounds with ActiveLabelState, labelling the picks from th
 truth. It prints each round's picks and the labelled-class histogram and imbalance score:
 class balancing should end much closer to uniform.
 
-    python examples/acquisition_round.py [--images 24] [--rounds 3] [--budget 0.06]
+    python examples/acquisition_round.py [--images 16] [--rounds 3] [--budget 0.1]
 """
 
 from __future__ import annotations
@@ -21,17 +21,30 @@ import cbda
 
 
 def make_target_set(n: int, c: int, h: int, w: int, seed: int):
-    """Long-tailed label maps of blobs (N, H, W) and low-resolution logits (N, C, h/4, w/4)."""
+    """Long-tailed label maps (N, H, W) uint8 and low-resolution logits (N, C, h/4, w/4).
+
+    A few frequent "stuff" classes tile each image in smooth blobs; the other classes are
+    small rectangles whose number falls off geometrically with the class index, so that
+    every class is present but most pixels belong to a handful. The "model" is right on
+    most pixels, with noise that makes object borders and small things uncertain.
+    """
     g = torch.Generator().manual_seed(seed)
-    freq = torch.tensor([0.5 ** (k / 2) for k in range(c)])
-    # smooth random fields, one per class, weighted by frequency -> blobby long-tailed maps
-    fields = torch.rand(n, c, h // 16, w // 16, generator=g) * freq.view(1, c, 1, 1)
-    fields = F.interpolate(fields, size=(h, w), mode="bicubic", align_corners=False)
-    gt = fields.argmax(1)
-    lo = (h // 4, w // 4)
+    stuff = min(5, c)
+    freq = torch.tensor([0.8**k for k in range(stuff)])
+    fields = torch.rand(n, stuff, max(1, h // 16), max(1, w // 16), generator=g) * freq.view(1, stuff, 1, 1)
+    gt = F.interpolate(fields, size=(h, w), mode="bicubic", align_corners=False).argmax(1)
+    for k in range(stuff, c):
+        count = max(1, int(round(6 * 0.8 ** (k - stuff))))
+        for i in range(n):
+            for _ in range(int(torch.randint(0, count + 1, (1,), generator=g))):
+                bh = int(torch.randint(2, max(3, h // 10), (1,), generator=g))
+                bw = int(torch.randint(2, max(3, w // 20), (1,), generator=g))
+                y = int(torch.randint(0, h - bh + 1, (1,), generator=g))
+                x = int(torch.randint(0, w - bw + 1, (1,), generator=g))
+                gt[i, y : y + bh, x : x + bw] = k
     onehot = F.one_hot(gt, c).permute(0, 3, 1, 2).float()
     noise = torch.randn(n, c, h, w, generator=g) * 1.5
-    logits = F.interpolate(4.0 * onehot + noise, size=lo, mode="bilinear", align_corners=True)
+    logits = F.interpolate(4.0 * onehot + noise, size=(h // 4, w // 4), mode="bilinear", align_corners=True)
     return gt.to(torch.uint8), logits
 
 
@@ -61,11 +74,11 @@ def run(strategy: str, gt, logits, rounds: int, budget: float, backend: str, bat
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--images", type=int, default=16)
     p.add_argument("--classes", type=int, default=19)
-    p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
+    p.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--budget", type=float, default=0.06)
+    p.add_argument("--budget", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--backend", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -496,6 +496,17 @@ def test_from_bytes_rejects_garbage():
         ActiveLabelState.from_bytes(good[: len(good) // 2])
 
 
+def test_from_bytes_rejects_overlapping_picks():
+    s = ActiveLabelState((8, 8), 3)
+    s.record(make_sel([0], [2], [2], 1, 1, (8, 8)))
+    s.record(make_sel([0], [6], [6], 1, 2, (8, 8)))
+    s._rounds[1].ys[0] = s._rounds[1].xs[0] = 4  # tamper: Chebyshev 2 <= 1 + 1
+    data = s.to_bytes()
+    with pytest.raises(InputError, match="^data:.*overlaps"):
+        ActiveLabelState.from_bytes(data)
+    assert ActiveLabelState.from_bytes(data, check_overlap=False).num_picks == 2
+
+
 def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "run.state"
     a, _ = build_state(seed=2)

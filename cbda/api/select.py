@@ -119,6 +119,7 @@ class AcquisitionRound:
         self._seen: set[int] = set()
         self._image_size = tuple(state.image_size) if state is not None else self.out_size
         self._finished = False
+        self._device: torch.device | None = None
 
     @property
     def class_balanced(self) -> bool:
@@ -178,6 +179,12 @@ class AcquisitionRound:
             raise InputError(f"image_ids: unknown image id {int(ids.max())}, expected ids in [0, {limit})")
         return ids
 
+    def _check_device(self, device: torch.device, name: str) -> None:
+        if self._device is None:
+            self._device = device
+        elif device != self._device:
+            raise InputError(f"{name}: every batch of a round must be on one device; expected {self._device}, got {device}")
+
     def _check_open(self):
         if self._finished:
             raise StateError("this round is finished; start a new AcquisitionRound")
@@ -204,6 +211,7 @@ class AcquisitionRound:
             return
         if self._acc is None:
             self._open(logits.device, logits.dtype, c, b)
+        self._check_device(logits.device, "logits")
         self._acc.add(ids, _prior_picks(self.state, ids), logits=logits)
         self._seen.update(ids.tolist())
 
@@ -231,6 +239,7 @@ class AcquisitionRound:
             if c is None and labels is not None and self.class_balanced:
                 raise InputError("class_weights: the number of classes is unknown for precomputed scores; pass a state or class_weights")
             self._open(scores.device, torch.float32, c, b)
+        self._check_device(scores.device, "scores")
         self._acc.add(ids, _prior_picks(self.state, ids), scores=scores.to(torch.float32), labels=labels)
         self._seen.update(ids.tolist())
 

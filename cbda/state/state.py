@@ -658,8 +658,12 @@ class ActiveLabelState:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ActiveLabelState":
-        """Inverse of ``to_bytes``; validates the content as ``record``/``set_labels`` do."""
+    def from_bytes(cls, data: bytes, check_overlap: bool = True) -> "ActiveLabelState":
+        """Inverse of ``to_bytes``; validates the content as ``record``/``set_labels`` do.
+
+        ``check_overlap=False`` skips the window-overlap check (O(P log P), a few seconds at
+        tens of millions of picks) for bytes this package wrote itself.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InputError(f"data: expected bytes, got {type(data).__name__}")
         try:
@@ -691,24 +695,40 @@ class ActiveLabelState:
                 arr(pre + "classes"), radius, unit, arr(pre + "class_weights") if has_cw else None, "data",
             )
             rd.strategy = str(strategy)
-            state._check_overlap(rd, "data")
             state._rounds.append(rd)
-            state._index = None
             if has_labels:
                 state.set_labels(i, arr(pre + "labels"))
             elif rd.n == 0:
                 rd.labels, rd.counts = state._empty_labels(rd), np.zeros(state.num_classes, dtype=np.int64)
+        state._index = None
+        if check_overlap:
+            state._check_no_overlap("data")
         return state
+
+    def _check_no_overlap(self, name: str) -> None:
+        """All rounds at once (one sort, not one per round): no two windows overlap."""
+        idx = self._get_index()
+        whole = idx.img[idx.ys < 0]
+        if whole.size != idx.whole_ids.size or np.isin(idx.reg_img, idx.whole_ids).any():
+            raise InputError(f"{name}: a whole-image pick shares its image with another pick")
+        empty = np.zeros(0, dtype=np.int64)
+        found = _first_overlap((empty,) * 4, (idx.reg_img, idx.reg_ys, idx.reg_xs, idx.reg_radii), *self.image_size)
+        if found is not None:
+            k = found[0]
+            raise InputError(
+                f"{name}: the pick at ({int(idx.reg_ys[k])}, {int(idx.reg_xs[k])}) of image {int(idx.reg_img[k])} "
+                "overlaps another pick"
+            )
 
     def save(self, path) -> None:
         """Write the state to one file at ``path``, atomically (write to a temporary, rename)."""
         _export.atomic_write(path, self.to_bytes())
 
     @classmethod
-    def load(cls, path) -> "ActiveLabelState":
-        """Read a state written by ``save``."""
+    def load(cls, path, check_overlap: bool = True) -> "ActiveLabelState":
+        """Read a state written by ``save`` (see ``from_bytes``)."""
         with open(os.fspath(path), "rb") as f:
-            return cls.from_bytes(f.read())
+            return cls.from_bytes(f.read(), check_overlap=check_overlap)
 
     # ------------------------------------------------------------------ exports
 
