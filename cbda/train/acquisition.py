@@ -12,8 +12,9 @@ import cbda
 
 
 def stream_logits(model, loader, prepare, autocast=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (image_ids (B,) int64, logits (B, C, h, w) float32 on the model's device) for every
-    target image. Must be consumed under torch.no_grad() with the model in eval mode."""
+    """Yield (image_ids (B,) int64, logits (B, C, h, w) on the model's device) for every target
+    image. Must be consumed under torch.no_grad() with the model in eval mode. bfloat16 logits
+    from autocast are passed as they are: every backend reads them and computes in float32."""
     for batch in loader:
         images = prepare(batch["image"])
         if autocast is not None:
@@ -21,7 +22,7 @@ def stream_logits(model, loader, prepare, autocast=None) -> Iterator[tuple[torch
                 logits = model(images)
         else:
             logits = model(images)
-        yield torch.as_tensor(batch["index"], dtype=torch.int64), logits.float().contiguous()
+        yield torch.as_tensor(batch["index"], dtype=torch.int64), logits.contiguous()
 
 
 def run_round(model, loader, state, round_index: int, active: dict, label_size: tuple[int, int],
