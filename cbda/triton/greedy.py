@@ -61,14 +61,16 @@ def greedy_scan_kernel(
         kept = tl.zeros([CH], tl.int32)
         # in-order resolution of the chunk: candidate jj is kept iff alive and no kept
         # earlier candidate of the chunk is within Chebyshev distance 2r
+        # (a uniform branch skips the dead ones, which are most of a chunk on smooth maps)
         for jj in range(CH):
             sel = offs == jj
-            yj = tl.sum(tl.where(sel, y, 0), axis=0)
-            xj = tl.sum(tl.where(sel, x, 0), axis=0)
             aj = tl.sum(tl.where(sel, alive_i, 0), axis=0)
-            near = (tl.abs(y - yj) <= R2) & (tl.abs(x - xj) <= R2)
-            hit = tl.sum(tl.where(near, kept, 0), axis=0)
-            kept = tl.where(sel & (aj > 0) & (hit == 0), 1, kept)
+            if aj > 0:
+                yj = tl.sum(tl.where(sel, y, 0), axis=0)
+                xj = tl.sum(tl.where(sel, x, 0), axis=0)
+                near = (tl.abs(y - yj) <= R2) & (tl.abs(x - xj) <= R2)
+                hit = tl.sum(tl.where(near, kept, 0), axis=0)
+                kept = tl.where(sel & (hit == 0), 1, kept)
         rank = tl.cumsum(kept, axis=0).to(tl.int64)
         take = (kept > 0) & (count + rank <= quota)
         tl.store(out_pos + out_base + count + rank - 1, idx, mask=take)
