@@ -4,7 +4,7 @@ Runs on the CPU through the Triton interpreter (tiny shapes: the interpreter is 
 when a GPU is present, the same cases on CUDA (marked ``gpu``).
 """
 
-from _triton_env import DEVICES  # noqa: I001  (sets TRITON_INTERPRET before triton loads)
+from _triton_env import DEVICES, interpret  # noqa: F401,I001  (interpreter set-up first)
 
 import numpy as np
 import pytest

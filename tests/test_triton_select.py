@@ -1,7 +1,7 @@
 """cbda.select / cbda.score with backend="triton" against the reference and brute force,
 plus the backend's dispatch contract."""
 
-from _triton_env import DEVICES, INTERPRET  # noqa: I001  (sets TRITON_INTERPRET first)
+from _triton_env import DEVICES, INTERPRET, interpret  # noqa: F401,I001  (interpreter set-up first)
 
 import subprocess
 import sys
