@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 import cbda
@@ -107,3 +108,17 @@ def test_dispatch_contract(monkeypatch):
 def test_import_cbda_does_not_import_triton():
     code = "import sys, cbda; cbda.select; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(cbda.__file__).parents[1]))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="property test runs on the CPU interpreter")
+@settings(max_examples=8, deadline=None)
+@given(
+    b=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), radius=st.integers(0, 2),
+    seed=st.integers(0, 9999), levels=st.integers(1, 6), budget=st.sampled_from([0.2, 1.0]),
+    strategy=st.sampled_from(["ra", "da"]), negative=st.booleans(),
+)
+def test_property_ties_equal_reference(b, h, w, radius, seed, levels, budget, strategy, negative):
+    scores = tie_scores(b, h, w, seed, levels, negative)
+    ids = torch.randperm(50, generator=torch.Generator().manual_seed(seed))[:b]
+    kw = dict(scores=scores, image_ids=ids, budget=budget, rounds=2, strategy=strategy, radius=radius)
+    assert _picks(cbda.select(backend="triton", **kw)) == _picks(cbda.select(backend="reference", **kw))

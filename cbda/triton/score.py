@@ -98,7 +98,6 @@ def fused_score_kernel(
     k = tl.arange(0, HB * WB)
     i = k // WB
     j = k % WB
-    HW = H.to(tl.int64) * W
     slot = pid.to(tl.int64) * (HB * WB)
     for t in range(pid, ntiles, nprog):
         b = t // tiles_per_img
@@ -156,7 +155,9 @@ def fused_score_kernel(
             score = 1.0 - 1.0 / den
         else:
             iid = tl.load(image_ids + b)
-            hh = _mix32((iid >> 32).to(tl.uint32) ^ seed_mix.to(tl.uint32))
+            # int arguments may arrive as constexpr (Triton specialises some values), so
+            # the casts act on tensors only
+            hh = _mix32(((iid >> 32) ^ seed_mix).to(tl.uint32))
             hh = _mix32((iid & 0xFFFFFFFF).to(tl.uint32) ^ hh)
             pix = (Y * W + X).to(tl.uint32)
             hh = _mix32(pix ^ hh)
@@ -192,7 +193,7 @@ def fused_score_kernel(
         if HAS_W:
             score = score * tl.load(weights + lab, mask=interior, other=1.0)
         pix64 = (Y * W + X).to(tl.int64)
-        li = b.to(tl.int64) * HW + pix64
+        li = b.to(tl.int64) * H * W + pix64
         if WRITE_MAPS:
             tl.store(score_out + li, score, mask=interior)
             tl.store(label_out + li, lab.to(tl.int64), mask=interior)
@@ -206,7 +207,7 @@ def fused_score_kernel(
                 keep = keep & (tl.load(blocked + li, mask=interior, other=1) == 0)
             cs = tl.load(cut_s)
             cg = tl.load(cut_g)
-            g = tl.load(image_ids + b) * HW + pix64
+            g = tl.load(image_ids + b) * H * W + pix64
             keep = keep & ((score > cs) | ((score == cs) & (g < cg)))
             ki = keep.to(tl.int32)
             nk = tl.sum(ki, axis=0)
