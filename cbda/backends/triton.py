@@ -160,7 +160,9 @@ class TritonRound(RoundAccumulator):
         perm = p1[p2]
         s_sorted, li_sorted, lab_sorted = c_s[perm], c_li[perm], c_lab[perm]
         seg = torch.zeros(b + 1, dtype=torch.int64, device=c_s.device)
-        seg[1:] = torch.cumsum(torch.bincount(img, minlength=b), 0)
+        # index_add, not bincount: bincount sizes its output from a device max (a host sync)
+        per_img = torch.zeros(b, dtype=torch.int64, device=c_s.device).index_add_(0, img, torch.ones_like(img))
+        seg[1:] = torch.cumsum(per_img, 0)
         q = min(int(quota), max_picks_per_image(h, w, plan.radius))
         pos = greedy_scan(li_sorted.contiguous(), seg, b, (h, w), plan.radius, q, seg_out=plan.scope == "global",
                           chunk=GREEDY_CHUNK, num_warps=GREEDY_WARPS)
