@@ -1,0 +1,442 @@
+"""Fused scoring: logits at their own resolution -> scores, pseudo labels, candidates.
+
+Tiling. One program owns an HB×WB block of output pixels (a 1-D range of HB·WB lanes,
+row-major). With a window radius R the block's outer R rows/columns are halo: the program
+computes the per-pixel statistics (normalised entropy, pseudo label) for the whole block,
+parks them in a private scratch slot in global memory, synchronises its threads
+(``debug_barrier``) and then reads the (2R+1)² shifted copies back for the (HB-2R)×(WB-2R)
+interior, which it owns. Halo pixels are thus computed by up to four programs; the logits
+are read at their own resolution (bilinear, align_corners=True, inside the kernel), so the
+extra reads hit L1/L2 and DRAM traffic stays about one read of the logits. The grid is
+persistent (a fixed number of programs striding over the tiles), so the scratch is
+O(programs · HB · WB), independent of the batch.
+
+Per pixel, two passes over the classes: pass 1 keeps the running max, its (lowest) class
+index, the second largest logit and the online softmax denominator; pass 2 accumulates
+-Σ p ln(p + 1e-6). Everything is float32 whatever the logits' dtype.
+
+Outputs (all optional, selected by constexpr flags): the score/label maps (``cbda.score``,
+the ``image`` strategy and the two-pass ``ripu_pixel``), the pseudo-label histogram (one
+vector atomic per tile) and the candidates: interior pixels that are not blocked by earlier
+rounds and beat the cut-off (score, then global index), compacted inside the program with
+one atomic reservation per tile and a prefix sum for the slots.
+
+Offsets are 64-bit wherever a batch or image index multiplies (B·H·W can pass 2^31); within
+one image H·W < 2^31 is required (checked on the host).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..scores import LOG_EPS, RIPU_PIXEL_RADIUS, mix32
+from ..reference.scores import window_mean
+
+__all__ = ["HEUR_CODES", "run_fused", "run_emit", "score_maps", "interpreting"]
+
+#: heuristic -> constexpr code of the fused kernel; PIXEL_STATS writes the unnormalised
+#: entropy as the "score" (first pass of ripu_pixel)
+HEUR_CODES = {"ripu": 0, "entropy": 1, "margin": 2, "least_confidence": 3, "random": 4}
+PIXEL_STATS = 5
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _mix32(h):
+    # murmur3 finaliser on uint32 lanes (products wrap mod 2^32, shifts are logical)
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B).to(tl.uint32)
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35).to(tl.uint32)
+    h = h ^ (h >> 16)
+    return h
+
+
+@triton.jit
+def _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, m, UPSAMPLE: tl.constexpr):
+    """Class c of the (upsampled) logits at the block's pixels, float32."""
+    p = base + c * s_c
+    if UPSAMPLE:
+        v00 = tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
+        v01 = tl.load(p + y0 * s_h + x1 * s_w, mask=m, other=0.0).to(tl.float32)
+        v10 = tl.load(p + y1 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
+        v11 = tl.load(p + y1 * s_h + x1 * s_w, mask=m, other=0.0).to(tl.float32)
+        # PyTorch's CPU order: rows interpolated along x first, then blended along y
+        top = v00 * (1.0 - lx) + v01 * lx
+        bot = v10 * (1.0 - lx) + v11 * lx
+        return top * (1.0 - ly) + bot * ly
+    else:
+        return tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def fused_score_kernel(
+    logits, s_b, s_c, s_h, s_w,
+    h, w, H, W, C, scale_h, scale_w, ln_c,
+    image_ids, seed_mix,
+    weights, blocked, cut_s, cut_g,
+    score_out, label_out,
+    cand_score, cand_li, cand_label, cand_count,
+    hist,
+    scratch_e, scratch_l,
+    ntiles, tiles_w, tiles_per_img, nprog,
+    HEUR: tl.constexpr, R: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr, NW: tl.constexpr,
+    C_BINS: tl.constexpr, UPSAMPLE: tl.constexpr, HAS_W: tl.constexpr, HAS_BLOCKED: tl.constexpr,
+    WRITE_MAPS: tl.constexpr, EMIT: tl.constexpr, HIST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    TH: tl.constexpr = HB - 2 * R
+    TW: tl.constexpr = WB - 2 * R
+    k = tl.arange(0, HB * WB)
+    i = k // WB
+    j = k % WB
+    slot = pid.to(tl.int64) * (HB * WB)
+    for t in range(pid, ntiles, nprog):
+        b = t // tiles_per_img
+        rem = t % tiles_per_img
+        Y = (rem // tiles_w) * TH - R + i
+        X = (rem % tiles_w) * TW - R + j
+        inimg = (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
+        interior = inimg & (i >= R) & (i < R + TH) & (j >= R) & (j < R + TW)
+        # -- source coordinates of the bilinear upsampling (align_corners=True) --------------
+        if UPSAMPLE:
+            sy = scale_h * Y.to(tl.float32)
+            sx = scale_w * X.to(tl.float32)
+            y0 = tl.minimum(tl.maximum(sy.to(tl.int32), 0), h - 1)
+            x0 = tl.minimum(tl.maximum(sx.to(tl.int32), 0), w - 1)
+            y1 = tl.minimum(y0 + 1, h - 1)
+            x1 = tl.minimum(x0 + 1, w - 1)
+            ly = tl.minimum(tl.maximum(sy - y0.to(tl.float32), 0.0), 1.0)
+            lx = tl.minimum(tl.maximum(sx - x0.to(tl.float32), 0.0), 1.0)
+        else:
+            y0 = Y
+            x0 = X
+            y1 = Y
+            x1 = X
+            ly = tl.zeros([HB * WB], tl.float32)
+            lx = ly
+        base = logits + b.to(tl.int64) * s_b
+        # -- pass 1: max, argmax (lowest class on ties), second max, online denominator ------
+        mx = tl.full([HB * WB], float("-inf"), tl.float32)
+        m2 = tl.full([HB * WB], float("-inf"), tl.float32)
+        den = tl.zeros([HB * WB], tl.float32)
+        lab = tl.zeros([HB * WB], tl.int32)
+        for c in range(C):
+            v = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
+            gt = v > mx
+            m2 = tl.where(gt, mx, tl.maximum(m2, v))
+            nm = tl.maximum(mx, v)
+            den = den * tl.exp(mx - nm) + tl.exp(v - nm)
+            lab = tl.where(gt, c, lab)
+            mx = nm
+        # -- pass 2 / per-pixel score ------------------------------------------------------
+        if HEUR == 0 or HEUR == 1 or HEUR == 5:
+            ent = tl.zeros([HB * WB], tl.float32)
+            inv = 1.0 / den
+            for c in range(C):
+                v = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
+                p = tl.exp(v - mx) * inv
+                ent -= p * tl.log(p + 1e-6)
+            if HEUR == 5:
+                score = ent
+            else:
+                score = ent / ln_c
+        elif HEUR == 2:
+            score = 1.0 - (1.0 / den - tl.exp(m2 - mx) / den)
+        elif HEUR == 3:
+            score = 1.0 - 1.0 / den
+        else:
+            iid = tl.load(image_ids + b)
+            # int arguments may arrive as constexpr (Triton specialises some values), so
+            # the casts act on tensors only
+            hh = _mix32(((iid >> 32) ^ seed_mix).to(tl.uint32))
+            hh = _mix32((iid & 0xFFFFFFFF).to(tl.uint32) ^ hh)
+            pix = (Y * W + X).to(tl.uint32)
+            hh = _mix32(pix ^ hh)
+            score = (hh >> 8).to(tl.float32) * (1.0 / 16777216.0)
+        # -- window statistics of the ripu score: scratch, barrier, shifted reads -------------
+        if HEUR == 0 and R > 0:
+            tl.store(scratch_e + slot + k, tl.where(inimg, score, 0.0))
+            tl.store(scratch_l + slot + k, tl.where(inimg, lab, -1))
+            tl.debug_barrier()
+            WS: tl.constexpr = 2 * R + 1
+            wo = tl.arange(0, NW)
+            off = (wo // WS - R) * WB + (wo % WS - R)
+            m2d = (wo < WS * WS)[:, None] & interior[None, :]
+            idx = slot + k[None, :] + off[:, None]
+            e2 = tl.load(scratch_e + idx, mask=m2d, other=0.0, cache_modifier=".cg")
+            l2 = tl.load(scratch_l + idx, mask=m2d, other=-1, cache_modifier=".cg")
+            # in-image window size n(x), the clipped (2R+1)^2 square
+            ny = tl.minimum(Y + R, H - 1) - tl.maximum(Y - R, 0) + 1
+            nx = tl.minimum(X + R, W - 1) - tl.maximum(X - R, 0) + 1
+            n = tl.maximum(ny * nx, 1).to(tl.float32)  # 1 on masked lanes
+            u = tl.sum(e2, axis=0) / n
+            acc = tl.zeros([HB * WB], tl.float32)
+            for c in range(C):
+                q = tl.sum((l2 == c).to(tl.float32), axis=0) / n
+                acc += q * tl.log(q + 1e-6)
+            score = (-acc / ln_c) * u
+            tl.debug_barrier()  # the slot is rewritten by this program's next tile
+        elif HEUR == 0:
+            # r = 0: the window is the pixel, q is one-hot, P = -ln(1 + 1e-6) / ln C
+            one = tl.full([HB * WB], 1.0, tl.float32)
+            score = (-(one * tl.log(one + 1e-6)) / ln_c) * score
+        # -- epilogue on the owned pixels -------------------------------------------------
+        if HAS_W:
+            score = score * tl.load(weights + lab, mask=interior, other=1.0)
+        pix64 = (Y * W + X).to(tl.int64)
+        li = b.to(tl.int64) * H * W + pix64
+        if WRITE_MAPS:
+            tl.store(score_out + li, score, mask=interior)
+            tl.store(label_out + li, lab.to(tl.int64), mask=interior)
+        if HIST:
+            hg = tl.histogram(lab, C_BINS, mask=interior)
+            bins = tl.arange(0, C_BINS)
+            tl.atomic_add(hist + bins, hg.to(tl.int64), mask=bins < C)
+        if EMIT:
+            keep = interior
+            if HAS_BLOCKED:
+                keep = keep & (tl.load(blocked + li, mask=interior, other=1) == 0)
+            cs = tl.load(cut_s)
+            cg = tl.load(cut_g)
+            g = tl.load(image_ids + b) * H * W + pix64
+            keep = keep & ((score > cs) | ((score == cs) & (g < cg)))
+            ki = keep.to(tl.int32)
+            nk = tl.sum(ki, axis=0)
+            start = tl.atomic_add(cand_count, nk.to(tl.int64))  # one reservation per tile
+            pos = start + (tl.cumsum(ki, axis=0) - 1).to(tl.int64)
+            tl.store(cand_score + pos, score, mask=keep)
+            tl.store(cand_li + pos, li, mask=keep)
+            tl.store(cand_label + pos, lab, mask=keep)
+
+
+@triton.jit
+def emit_kernel(
+    scores, labels, n_total, HW, image_ids, weights, blocked, cut_s, cut_g,
+    cand_score, cand_li, cand_label, cand_count,
+    BLOCK: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_W: tl.constexpr, HAS_BLOCKED: tl.constexpr,
+):
+    """Precomputed (B, H, W) maps -> weighted candidates beating the cut-off (compacted)."""
+    li = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = li < n_total
+    s = tl.load(scores + li, mask=m, other=0.0)
+    if HAS_LABELS:
+        lab = tl.load(labels + li, mask=m, other=0).to(tl.int32)
+    else:
+        lab = tl.zeros([BLOCK], tl.int32)
+    if HAS_W:
+        s = s * tl.load(weights + lab, mask=m, other=1.0)
+    keep = m
+    if HAS_BLOCKED:
+        keep = keep & (tl.load(blocked + li, mask=m, other=1) == 0)
+    b = li // HW
+    g = tl.load(image_ids + b, mask=m, other=0) * HW + (li - b * HW)
+    cs = tl.load(cut_s)
+    cg = tl.load(cut_g)
+    keep = keep & ((s > cs) | ((s == cs) & (g < cg)))
+    ki = keep.to(tl.int32)
+    start = tl.atomic_add(cand_count, tl.sum(ki, axis=0).to(tl.int64))
+    pos = start + (tl.cumsum(ki, axis=0) - 1).to(tl.int64)
+    tl.store(cand_score + pos, s, mask=keep)
+    tl.store(cand_li + pos, li, mask=keep)
+    tl.store(cand_label + pos, lab, mask=keep)
+
+
+# ---------------------------------------------------------------------------------------
+# host side
+# ---------------------------------------------------------------------------------------
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def tile_config(radius: int) -> tuple[int, int, int]:
+    """(HB, WB, NW) for window radius R: NW = pow2 >= (2R+1)^2 window lanes; the block keeps
+    HB·WB·NW around 16k lanes so the (NW, HB·WB) window block fits in registers."""
+    if radius == 0:
+        return 16, 64, 1
+    nw = _next_pow2((2 * radius + 1) ** 2)
+    hb = max(16, _next_pow2(4 * radius))
+    wb = max(32, _next_pow2(max(1, 16384 // (nw * hb))), _next_pow2(4 * radius))
+    return hb, wb, nw
+
+
+def _num_programs(ntiles: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(ntiles, 8 * sms))
+    return max(1, min(ntiles, 64))
+
+
+class Candidates:
+    """Device buffers the kernels append candidates to: score (f32), batch-local index
+    li = b·H·W + y·W + x (int64), pseudo label (int32), and the count (int64 atomic)."""
+
+    def __init__(self, capacity: int, device: torch.device):
+        self.capacity = int(capacity)
+        self.score = torch.empty(max(1, self.capacity), dtype=torch.float32, device=device)
+        self.li = torch.empty(max(1, self.capacity), dtype=torch.int64, device=device)
+        self.label = torch.empty(max(1, self.capacity), dtype=torch.int32, device=device)
+        self.count = torch.zeros(1, dtype=torch.int64, device=device)
+
+
+def run_fused(
+    logits: torch.Tensor,
+    heuristic_code: int,
+    radius: int,
+    out_size: tuple[int, int],
+    image_ids: torch.Tensor,
+    seed: int = 0,
+    weights: torch.Tensor | None = None,
+    blocked: torch.Tensor | None = None,
+    cutoff: tuple[torch.Tensor, torch.Tensor] | None = None,
+    maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cand: Candidates | None = None,
+    hist: torch.Tensor | None = None,
+    num_warps: int = 4,
+    tile: tuple[int, int, int] | None = None,
+) -> None:
+    """Launch the fused kernel on one batch.
+
+    Args:
+        logits: (B, C, h, w) float32/bfloat16/float16, any strides.
+        heuristic_code: HEUR_CODES value or PIXEL_STATS.
+        radius: window radius of the ripu score (ignored otherwise).
+        out_size: (H, W).
+        image_ids: (B,) int64 on the logits' device.
+        weights: (C,) float32 class weights or None. blocked: (B, H, W) uint8 or None.
+        cutoff: device scalars (score f32 (1,), global index int64 (1,)); None: no cut-off.
+        maps: (scores (B,H,W) f32, labels (B,H,W) int64) to write, or None.
+        cand: candidate buffers to append to (capacity >= B·H·W), or None.
+        hist: (C,) int64 histogram to add the interior pseudo labels to, or None.
+    """
+    b, c, h, w = logits.shape
+    H, W = int(out_size[0]), int(out_size[1])
+    if H * W >= 2**31:
+        raise ValueError("out_size: H*W must be below 2^31 for the triton backend")
+    dev = logits.device
+    r = int(radius) if heuristic_code == 0 else 0
+    hb, wb, nw = tile or tile_config(r)
+    th, tw = hb - 2 * r, wb - 2 * r
+    tiles_h, tiles_w = -(-H // th), -(-W // tw)
+    ntiles = b * tiles_h * tiles_w
+    nprog = _num_programs(ntiles, dev)
+    upsample = (H, W) != (h, w)
+    # float32 scale as PyTorch computes it for align_corners=True
+    scale_h = float(torch.tensor((h - 1) / (H - 1) if H > 1 else 0.0, dtype=torch.float32))
+    scale_w = float(torch.tensor((w - 1) / (W - 1) if W > 1 else 0.0, dtype=torch.float32))
+    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
+    dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
+    dummy_i32 = torch.empty(1, dtype=torch.int32, device=dev)
+    if r > 0:
+        scratch_e = torch.empty(nprog * hb * wb, dtype=torch.float32, device=dev)
+        scratch_l = torch.empty(nprog * hb * wb, dtype=torch.int32, device=dev)
+    else:
+        scratch_e, scratch_l = dummy_f, dummy_i32
+    if cutoff is None:
+        cut_s = torch.full((1,), float("-inf"), dtype=torch.float32, device=dev)
+        cut_g = torch.zeros(1, dtype=torch.int64, device=dev)
+    else:
+        cut_s, cut_g = cutoff
+    seed_mix = int(mix32(torch.tensor(int(seed) & 0xFFFFFFFF, dtype=torch.int64)))
+    fused_score_kernel[(nprog,)](
+        logits, *(int(s) for s in logits.stride()),
+        h, w, H, W, c, scale_h, scale_w, math.log(c),
+        image_ids, seed_mix,
+        weights if weights is not None else dummy_f,
+        blocked if blocked is not None else dummy_i,
+        cut_s, cut_g,
+        maps[0] if maps is not None else dummy_f,
+        maps[1] if maps is not None else dummy_i,
+        cand.score if cand is not None else dummy_f,
+        cand.li if cand is not None else dummy_i,
+        cand.label if cand is not None else dummy_i32,
+        cand.count if cand is not None else dummy_i,
+        hist if hist is not None else dummy_i,
+        scratch_e, scratch_l,
+        ntiles, tiles_w, tiles_h * tiles_w, nprog,
+        HEUR=heuristic_code, R=r, HB=hb, WB=wb, NW=nw, C_BINS=_next_pow2(max(c, 2)),
+        UPSAMPLE=upsample, HAS_W=weights is not None, HAS_BLOCKED=blocked is not None,
+        WRITE_MAPS=maps is not None, EMIT=cand is not None, HIST=hist is not None,
+        num_warps=num_warps,
+    )
+
+
+def run_emit(
+    scores: torch.Tensor,
+    labels: torch.Tensor | None,
+    image_ids: torch.Tensor,
+    weights: torch.Tensor | None,
+    blocked: torch.Tensor | None,
+    cutoff: tuple[torch.Tensor, torch.Tensor] | None,
+    cand: Candidates,
+    block: int = 1024,
+    num_warps: int = 4,
+) -> None:
+    """Candidates of precomputed (B, H, W) float32 score maps (and int64 labels)."""
+    b, H, W = scores.shape
+    dev = scores.device
+    n = b * H * W
+    if n == 0:
+        return
+    if cutoff is None:
+        cutoff = (torch.full((1,), float("-inf"), dtype=torch.float32, device=dev), torch.zeros(1, dtype=torch.int64, device=dev))
+    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
+    dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
+    emit_kernel[(triton.cdiv(n, block),)](
+        scores.contiguous(), labels.contiguous() if labels is not None else dummy_i, n, H * W, image_ids,
+        weights if weights is not None else dummy_f,
+        blocked if blocked is not None else dummy_i,
+        cutoff[0], cutoff[1], cand.score, cand.li, cand.label, cand.count,
+        BLOCK=block, HAS_LABELS=labels is not None, HAS_W=weights is not None,
+        HAS_BLOCKED=blocked is not None, num_warps=num_warps,
+    )
+
+
+def ripu_pixel_scores(ent: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Second pass of ``ripu_pixel``: 65×65 impurity × unnormalised entropy.
+
+    The 65×65 window is too wide for a register halo, so the fused kernel writes the
+    per-pixel entropy and labels and this pass builds the per-class window counts one class
+    at a time from float64 integral images (O(B·H·W) memory, C passes over the maps).
+    """
+    acc = torch.zeros_like(ent)
+    for c in range(num_classes):
+        q = window_mean((labels == c).to(torch.float32).unsqueeze(1), RIPU_PIXEL_RADIUS).squeeze(1)
+        acc += q * torch.log(q + LOG_EPS)
+    return (-acc / math.log(num_classes)) * ent
+
+
+def score_maps(
+    logits: torch.Tensor,
+    heuristic: str,
+    radius: int,
+    out_size: tuple[int, int] | None,
+    image_ids: torch.Tensor,
+    seed: int = 0,
+    hist: torch.Tensor | None = None,
+    num_warps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (B, H, W) float32 and pseudo labels (B, H, W) int64 of a batch (``cbda.score``)."""
+    b, c, h, w = logits.shape
+    H, W = out_size if out_size is not None else (h, w)
+    dev = logits.device
+    scores = torch.empty((b, H, W), dtype=torch.float32, device=dev)
+    labels = torch.empty((b, H, W), dtype=torch.int64, device=dev)
+    if b == 0:
+        return scores, labels
+    ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
+    code = PIXEL_STATS if heuristic == "ripu_pixel" else HEUR_CODES[heuristic]
+    run_fused(logits, code, radius, (H, W), ids, seed, maps=(scores, labels), hist=hist, num_warps=num_warps)
+    if heuristic == "ripu_pixel":
+        scores = ripu_pixel_scores(scores, labels, c)
+    return scores, labels
