@@ -23,6 +23,8 @@ Nothing here touches the GPU at import time; the module is loaded on first use.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .. import _native
@@ -75,7 +77,13 @@ def _ptr(t: torch.Tensor | None) -> int:
 
 
 def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+    # 0 only for the CPU stand-in module the tests use to check this file's logic without a GPU
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def _on(device: torch.device):
+    """Make ``device`` current for the CUDA runtime inside cbda._cuda (a no-op off CUDA)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _mix32(h: int) -> int:
@@ -157,7 +165,7 @@ def score(logits, spec, image_ids):
     H, W = _check_logits(mod, x, spec.out_size)
     dev = x.device
     ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
-    with torch.cuda.device(dev):
+    with _on(dev):
         parts = [
             _score_maps(mod, x[s : s + _MAX_GRID_Z], spec, ids[s : s + _MAX_GRID_Z], H, W, None)
             for s in range(0, x.shape[0], _MAX_GRID_Z)
@@ -183,7 +191,7 @@ def pick_order(scores: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
     scores = scores.to(torch.float32).contiguous()
     gidx = gidx.to(torch.int64).contiguous()
     index_bits = max(1, int(gidx.max()).bit_length())
-    with torch.cuda.device(dev):
+    with _on(dev):
         ws = torch.empty(mod.pick_order_workspace_bytes(n), dtype=torch.uint8, device=dev)
         perm = torch.empty(n, dtype=torch.int64, device=dev)
         mod.pick_order(_ptr(scores), _ptr(gidx), n, index_bits, _ptr(perm), _ptr(ws), ws.numel(), _stream(dev))
@@ -220,7 +228,7 @@ class CudaRound(RoundAccumulator):
     def add(self, image_ids, prior, logits=None, scores=None, labels=None):
         mod = _module()
         dev = (logits if logits is not None else scores).device
-        with torch.cuda.device(dev):
+        with _on(dev):
             if self.plan.scope == "image":
                 self._add_image(mod, dev, image_ids, prior, logits, scores, labels)
                 return
@@ -295,16 +303,17 @@ class CudaRound(RoundAccumulator):
         slot_counts = torch.zeros(b, dtype=torch.int64, device=dev)
         use_cut = self.cutoff is not None
         cut_score, cut_gidx = self.cutoff if use_cut else (0.0, 0)
-        sel = (_ptr(weights), _ptr(mask), _ptr(whole), _ptr(ids), use_cut, float(cut_score), int(cut_gidx), pixbits,
-               _ptr(keys), keys.numel(), _ptr(count), _ptr(slot_counts))
+        blocking = (_ptr(weights), _ptr(mask), _ptr(whole))
+        append = (use_cut, float(cut_score), int(cut_gidx), pixbits, _ptr(keys), keys.numel(), _ptr(count),
+                  _ptr(slot_counts))
         if x is not None and _fused(plan.spec, mod):
             code, radius = _kernel_heuristic(plan.spec, mod)
             mod.fused_candidates(*_logits_args(x, h, w), code, radius, _mix32(plan.spec.seed & _M32), _ptr(ids),
-                                 _ptr(counts), *sel, stream)
+                                 _ptr(counts), *blocking, *append, stream)
         else:
             if x is not None:
                 scores, labels = _score_maps(mod, x, plan.spec, ids, h, w, counts)
-            mod.map_candidates(_ptr(scores), _ptr(labels), b, h, w, *sel, stream)
+            mod.map_candidates(_ptr(scores), _ptr(labels), b, h, w, *blocking, _ptr(ids), *append, stream)
         n = int(count.item())
         # 3. group by image, best first; exact greedy per image
         slotbits = (b - 1).bit_length()
