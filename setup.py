@@ -131,8 +131,10 @@ class BuildExt(build_ext):
         build_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(build_dir, exist_ok=True)
         gencode = []
-        for a in archs:
-            gencode += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+        for i, a in enumerate(archs):
+            # machine code for each arch, plus PTX of the newest so later GPUs can JIT it
+            code = f"[sm_{a},compute_{a}]" if i == len(archs) - 1 else f"sm_{a}"
+            gencode += [f"-gencode=arch=compute_{a},code={code}"]
         nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-lineinfo"] + gencode
         cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 

@@ -1,0 +1,270 @@
+// Fused scoring pass (DESIGN §1): one block per 16×32 tile of the label grid.
+//
+// Tiling: the block first computes, for the tile plus a halo of r, every pixel's pseudo
+// label and normalised entropy into shared memory (each halo pixel is recomputed by the
+// neighbouring tile: (16+2r)(32+2r)/512 = 1.2× the taps at r = 1). The upsampled logits
+// are never materialised: each pixel reads its 4 low-res taps per class straight from the
+// (B, C, h, w) tensor, which neighbouring pixels share through L1/L2, so DRAM sees about
+// one read of the logits. Window statistics then come from shared memory only, and the
+// pass ends with whatever the caller asked for: score/label maps, the class histogram
+// (shared-memory counts, one global atomic per class per block), and the warp-aggregated
+// compaction of candidate keys (one atomicAdd per warp) for the streaming selection.
+#include "common.cuh"
+
+namespace cbda {
+namespace cuda {
+namespace {
+
+constexpr int kTH = 16, kTW = 32, kThreads = 256, kHistMax = 1024;
+constexpr uint16_t kOutside = 0xFFFF;
+static_assert(kTH * kTW % kThreads == 0, "whole pixels per thread");
+static_assert(kTW == 32, "one warp = one tile row: a warp's candidates share a slot");
+
+struct TileParams {
+  LogitsView lg;
+  int heur;
+  uint32_t seed_hash;
+  const int64_t* image_ids;
+  float lnc;
+  float rh, rw;
+  float* out_scores;
+  int64_t* out_labels;
+  unsigned long long* class_counts;
+  bool select;
+  SelectArgs sel;
+};
+
+template <typename T, int CMAX, int R>
+__global__ void __launch_bounds__(kThreads) tile_kernel(const TileParams p) {
+  constexpr int HT = kTH + 2 * R, WT = kTW + 2 * R, NT = HT * WT;
+  __shared__ float s_val[NT];        // ripu: entropy / ln C; else the pointwise score
+  __shared__ uint16_t s_lab[NT];     // pseudo label, kOutside beyond the image
+  __shared__ unsigned int s_hist[kHistMax];
+
+  const int tid = threadIdx.x;
+  const int64_t b = blockIdx.z;
+  const int64_t H = p.lg.H, W = p.lg.W, C = p.lg.C, h = p.lg.h, w = p.lg.w;
+  const int64_t y0 = static_cast<int64_t>(blockIdx.y) * kTH;
+  const int64_t x0 = static_cast<int64_t>(blockIdx.x) * kTW;
+  const bool shared_hist = p.class_counts != nullptr && C <= kHistMax;
+  if (shared_hist)
+    for (int i = tid; i < C; i += kThreads) s_hist[i] = 0u;
+
+  const int64_t plane = h * w;
+  const T* img = static_cast<const T*>(p.lg.data) + b * C * plane;
+  const bool need_softmax = p.heur != kRandom;
+
+  // Phase 1: per-pixel statistics of the tile and its halo.
+  for (int i = tid; i < NT; i += kThreads) {
+    const int64_t gy = y0 + i / WT - R, gx = x0 + i % WT - R;
+    if (gy < 0 || gy >= H || gx < 0 || gx >= W) {
+      s_lab[i] = kOutside;
+      s_val[i] = 0.f;
+      continue;
+    }
+    const Tap tap = make_tap(gy, gx, h, w, p.rh, p.rw);
+    const PixelStats st = pixel_stats<T, CMAX>(img, plane, static_cast<int>(C), tap, need_softmax);
+    float v;
+    switch (p.heur) {
+      case kRipu:
+      case kEntropy: v = st.ent / p.lnc; break;
+      case kEntropyRaw: v = st.ent; break;
+      case kMargin: v = 1.0f - (st.p1 - st.p2); break;
+      case kLeastConfidence: v = 1.0f - st.p1; break;
+      default: v = random_score(p.seed_hash, p.image_ids[b], gy * W + gx); break;
+    }
+    s_val[i] = v;
+    s_lab[i] = static_cast<uint16_t>(st.label);
+  }
+  __syncthreads();
+
+  // Phase 2: one or two output pixels per thread; a warp is one tile row.
+  constexpr int WN = (2 * R + 1) * (2 * R + 1);
+#pragma unroll 1
+  for (int k = 0; k < kTH * kTW / kThreads; ++k) {
+    const int o = tid + k * kThreads;
+    const int ty = o / kTW, tx = o % kTW;
+    const int64_t gy = y0 + ty, gx = x0 + tx;
+    const bool inside = gy < H && gx < W;
+    float score = 0.f;
+    int label = 0;
+    if (inside) {
+      const int ci = (ty + R) * WT + tx + R;
+      label = s_lab[ci];
+      if (p.heur == kRipu) {
+        uint16_t lab[WN];
+        float sum_u = 0.f;
+        int n = 0;
+#pragma unroll
+        for (int dy = -R; dy <= R; ++dy) {
+#pragma unroll
+          for (int dx = -R; dx <= R; ++dx) {
+            const int j = ci + dy * WT + dx;
+            const uint16_t l = s_lab[j];
+            lab[(dy + R) * (2 * R + 1) + dx + R] = l;
+            if (l != kOutside) {
+              sum_u += s_val[j];
+              ++n;
+            }
+          }
+        }
+        // sum over the distinct classes of the window: each class once, at its first
+        // occurrence, with q = count / n (the window is tiny: O(n²) compares in registers)
+        float acc = 0.f;
+        const float fn = static_cast<float>(n);
+#pragma unroll
+        for (int e = 0; e < WN; ++e) {
+          if (lab[e] == kOutside) continue;
+          int cnt = 0;
+          bool first = true;
+#pragma unroll
+          for (int f = 0; f < WN; ++f) {
+            if (lab[f] == lab[e]) {
+              ++cnt;
+              if (f < e) first = false;
+            }
+          }
+          if (first) {
+            const float q = static_cast<float>(cnt) / fn;
+            acc += q * logf(q + kLogEps);
+          }
+        }
+        const float P = -acc / p.lnc;
+        const float U = sum_u / fn;
+        score = P * U;
+      } else {
+        score = s_val[ci];
+      }
+      const int64_t idx = (b * H + gy) * W + gx;
+      if (p.out_scores != nullptr) p.out_scores[idx] = score;
+      if (p.out_labels != nullptr) p.out_labels[idx] = label;
+      if (p.class_counts != nullptr) {
+        if (shared_hist) atomicAdd(&s_hist[label], 1u);
+        else atomicAdd(&p.class_counts[label], 1ull);
+      }
+    }
+    if (p.select) {  // block-uniform: every lane reaches the warp vote
+      const SelectArgs& s = p.sel;
+      bool take = false;
+      uint64_t key = 0;
+      if (inside && s.whole[b] == 0) {
+        const int64_t pix = gy * W + gx;
+        if (s.blocked[b * H * W + pix] == 0) {
+          const float ws = s.weights != nullptr ? score * s.weights[label] : score;
+          if (beats(ws, s.image_ids[b] * H * W + pix, s.cutoff)) {
+            take = true;
+            key = candidate_key(b, ws, pix, s.pixbits);
+          }
+        }
+      }
+      const int64_t at = warp_append(take, s.count, s.slot_counts + b);
+      if (at >= 0 && at < s.capacity) s.keys[at] = key;
+    }
+  }
+
+  if (shared_hist) {
+    __syncthreads();
+    for (int i = tid; i < C; i += kThreads)
+      if (s_hist[i] != 0u) atomicAdd(&p.class_counts[i], static_cast<unsigned long long>(s_hist[i]));
+  }
+}
+
+template <typename T, int CMAX>
+__global__ void labels_at_kernel(LogitsView lg, float rh, float rw, const int64_t* slots,
+                                 const int64_t* pix, int64_t n, int64_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t b = slots[i], q = pix[i];
+  const int64_t y = q / lg.W, x = q - y * lg.W;
+  const int64_t plane = lg.h * lg.w;
+  const T* img = static_cast<const T*>(lg.data) + b * lg.C * plane;
+  const Tap tap = make_tap(y, x, lg.h, lg.w, rh, rw);
+  out[i] = pixel_stats<T, CMAX>(img, plane, static_cast<int>(lg.C), tap, false).label;
+}
+
+// align_corners=True scale, as PyTorch computes it: float(in - 1) / (out - 1), 0 for out 1.
+float corner_scale(int64_t in, int64_t out) {
+  return out > 1 ? static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.0f;
+}
+
+template <typename T, int CMAX>
+void launch_tiles(const TileParams& p, int radius, dim3 grid, cudaStream_t stream) {
+  switch (radius) {
+    case 0: tile_kernel<T, CMAX, 0><<<grid, kThreads, 0, stream>>>(p); break;
+    case 1: tile_kernel<T, CMAX, 1><<<grid, kThreads, 0, stream>>>(p); break;
+    default: tile_kernel<T, CMAX, 2><<<grid, kThreads, 0, stream>>>(p); break;
+  }
+}
+
+template <typename T>
+void launch_tiles_c(const TileParams& p, int radius, dim3 grid, cudaStream_t stream) {
+  if (p.lg.C <= 32) launch_tiles<T, 32>(p, radius, grid, stream);
+  else launch_tiles<T, 0>(p, radius, grid, stream);
+}
+
+bool valid_view(const LogitsView& lg) {
+  return lg.data != nullptr && lg.B > 0 && lg.B <= 65535 && lg.C >= 2 && lg.C <= kMaxClasses &&
+         lg.h > 0 && lg.w > 0 && lg.H > 0 && lg.W > 0 && (lg.H + kTH - 1) / kTH <= 65535 &&
+         lg.dtype >= kFloat32 && lg.dtype <= kFloat16;
+}
+
+}  // namespace
+
+cudaError_t score_tiles(const LogitsView& lg, int heuristic, int radius, uint32_t seed_hash,
+                        const int64_t* image_ids, float* out_scores, int64_t* out_labels,
+                        unsigned long long* class_counts, const SelectArgs* sel, cudaStream_t stream) {
+  if (!valid_view(lg) || radius < 0 || radius > kMaxFusedRadius) return cudaErrorInvalidValue;
+  if (heuristic != kRipu && radius != 0) return cudaErrorInvalidValue;
+  if (heuristic == kRandom && image_ids == nullptr) return cudaErrorInvalidValue;
+  if (sel != nullptr && (sel->keys == nullptr || sel->count == nullptr || sel->slot_counts == nullptr ||
+                         sel->blocked == nullptr || sel->whole == nullptr || sel->image_ids == nullptr))
+    return cudaErrorInvalidValue;
+  TileParams p{};
+  p.lg = lg;
+  p.heur = heuristic;
+  p.seed_hash = seed_hash;
+  p.image_ids = image_ids;
+  p.lnc = logf(static_cast<float>(lg.C));
+  p.rh = corner_scale(lg.h, lg.H);
+  p.rw = corner_scale(lg.w, lg.W);
+  p.out_scores = out_scores;
+  p.out_labels = out_labels;
+  p.class_counts = class_counts;
+  p.select = sel != nullptr;
+  if (sel != nullptr) p.sel = *sel;
+  const dim3 grid(static_cast<unsigned>((lg.W + kTW - 1) / kTW), static_cast<unsigned>((lg.H + kTH - 1) / kTH),
+                  static_cast<unsigned>(lg.B));
+  switch (lg.dtype) {
+    case kFloat32: launch_tiles_c<float>(p, radius, grid, stream); break;
+    case kBFloat16: launch_tiles_c<__nv_bfloat16>(p, radius, grid, stream); break;
+    default: launch_tiles_c<__half>(p, radius, grid, stream); break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t labels_at(const LogitsView& lg, const int64_t* slots, const int64_t* pix, int64_t n,
+                      int64_t* out, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!valid_view(lg) || slots == nullptr || pix == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  const float rh = corner_scale(lg.h, lg.H), rw = corner_scale(lg.w, lg.W);
+  const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
+  const bool small = lg.C <= 32;
+  switch (lg.dtype) {
+    case kFloat32:
+      if (small) labels_at_kernel<float, 32><<<blocks, 256, 0, stream>>>(lg, rh, rw, slots, pix, n, out);
+      else labels_at_kernel<float, 0><<<blocks, 256, 0, stream>>>(lg, rh, rw, slots, pix, n, out);
+      break;
+    case kBFloat16:
+      if (small) labels_at_kernel<__nv_bfloat16, 32><<<blocks, 256, 0, stream>>>(lg, rh, rw, slots, pix, n, out);
+      else labels_at_kernel<__nv_bfloat16, 0><<<blocks, 256, 0, stream>>>(lg, rh, rw, slots, pix, n, out);
+      break;
+    default:
+      if (small) labels_at_kernel<__half, 32><<<blocks, 256, 0, stream>>>(lg, rh, rw, slots, pix, n, out);
+      else labels_at_kernel<__half, 0><<<blocks, 256, 0, stream>>>(lg, rh, rw, slots, pix, n, out);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace cbda
