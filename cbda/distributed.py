@@ -1,0 +1,353 @@
+"""Acquisition over several processes: each rank scores its shard, collectives find the exact
+global selection, every rank ends with the same picks.
+
+Why a merge of local results is exact: blocking never crosses images, and every accumulator's
+``finish()`` returns the picks of the images it saw in DESIGN §1's order (score desc, global
+index asc). So for ``da``/``cbda`` the global top-K is contained in the union of the ranks'
+local top-K; for ``ra``/``cbra`` the per-image picks are already final; for ``image`` the
+global top-n images are contained in the union of the local top-n. The round therefore ends
+with one header exchange (success, sizes, a fingerprint of the round's configuration), one
+all_gather of the local picks, and a merge sort that every rank does identically.
+
+The collective sequence is the same on every rank whatever happens locally, so a rank that
+fails never leaves the others waiting: it still takes part in the header exchange (flagging
+its error), every rank sees the flag, and every rank raises before anyone records.
+
+Used through ``cbda.select(..., shard=True)`` / ``AcquisitionRound(..., shard=True)``; works
+with any ``torch.distributed`` backend (gloo on the CPU; NCCL with the current CUDA device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+
+import torch
+
+from .backends.base import STRATEGIES, Picks
+from .errors import CbdaError, InputError
+from .reference.select import sort_picks
+
+__all__ = [
+    "CommStats",
+    "DistributedRoundError",
+    "comm_stats",
+    "finish_sharded",
+    "global_num_images",
+    "reset_comm_stats",
+    "resolve_group",
+]
+
+# header row per rank: success, payload sizes, what the rank knows of the round's shape,
+# and a fingerprint of everything that must agree across ranks
+_OK, _NIDS, _NPICKS, _NCOUNTS, _C, _H, _W, _FP = range(8)
+_HEADER = 8
+
+
+class DistributedRoundError(CbdaError, RuntimeError):
+    """A sharded round failed on at least one rank; raised on every rank, nothing recorded.
+
+    Attributes:
+        ranks: the ranks (in the process group) that failed.
+        causes: rank -> ``"ErrorType: message"`` of each failing rank.
+    """
+
+    def __init__(self, message: str, ranks: list[int], causes: dict[int, str]):
+        super().__init__(message)
+        self.ranks = ranks
+        self.causes = causes
+
+
+@dataclass
+class CommStats:
+    """Bytes this process put into collectives (the tensors it contributed) and received.
+
+    ``sent`` counts each collective's input buffer on this rank (padding included), which is
+    what the payload of the round costs independently of the collective algorithm; a ring
+    all_gather transmits ``(P-1)`` times its chunk per rank, a ring all_reduce about
+    ``2(P-1)/P`` times its buffer.
+    """
+
+    calls: list[tuple[str, int, int]] = field(default_factory=list)  # (op, sent, received)
+
+    @property
+    def sent(self) -> int:
+        return sum(c[1] for c in self.calls)
+
+    @property
+    def received(self) -> int:
+        return sum(c[2] for c in self.calls)
+
+    def to_dict(self) -> dict:
+        return {"sent": self.sent, "received": self.received,
+                "calls": [{"op": o, "sent": s, "received": r} for o, s, r in self.calls]}
+
+
+_STATS = CommStats()
+
+
+def comm_stats() -> CommStats:
+    """The collectives of sharded rounds on this process since the last ``reset_comm_stats``."""
+    return _STATS
+
+
+def reset_comm_stats() -> None:
+    _STATS.calls.clear()
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def resolve_group(shard: bool, process_group):
+    """The process group of a sharded round, or None for a single-process one."""
+    if process_group is None and not shard:
+        return None
+    dist = _dist()
+    if not dist.is_available() or not dist.is_initialized():
+        raise InputError(
+            "process_group: shard=True needs torch.distributed initialised "
+            "(torch.distributed.init_process_group, e.g. under torchrun) or an explicit process_group"
+        )
+    return process_group if process_group is not None else dist.group.WORLD
+
+
+def _device(group) -> torch.device:
+    dist = _dist()
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_gather(t: torch.Tensor, group, op: str) -> list[torch.Tensor]:
+    dist = _dist()
+    world = dist.get_world_size(group)
+    t = t.to(_device(group)).contiguous()
+    out = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(out, t, group=group)
+    nbytes = t.numel() * t.element_size()
+    _STATS.calls.append((op, nbytes, nbytes * world))
+    return [o.cpu() for o in out]
+
+
+def _all_gather_object(obj, group, op: str) -> list:
+    dist = _dist()
+    world = dist.get_world_size(group)
+    out = [None] * world
+    dist.all_gather_object(out, obj, group=group)
+    _STATS.calls.append((op, len(pickle.dumps(obj)), sum(len(pickle.dumps(o)) for o in out)))
+    return out
+
+
+def global_num_images(local: int | None, group) -> int | None:
+    """N of the whole target set as the sum of the shard sizes (None if a rank cannot tell)."""
+    dist = _dist()
+    t = torch.tensor([0 if local is None else int(local), 1 if local is None else 0], dtype=torch.int64)
+    t = t.to(_device(group))
+    dist.all_reduce(t, group=group)
+    _STATS.calls.append(("all_reduce num_images", 16, 16))
+    total, unknown = (int(v) for v in t.cpu())
+    return None if unknown or total == 0 else total
+
+
+# ---------------------------------------------------------------------------- agreement
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _agree(group, row: torch.Tensor, error: BaseException | None) -> torch.Tensor:
+    """Exchange header rows; if any rank failed, every rank raises (nobody has recorded)."""
+    rows = torch.stack(_all_gather(row, group, "all_gather header"))
+    failed = [int(r) for r in torch.nonzero(rows[:, _OK] == 0).flatten()]
+    if failed:
+        causes = _all_gather_object(None if error is None else _describe(error), group, "all_gather errors")
+        causes = {r: causes[r] or "unknown error" for r in failed}
+        detail = "; ".join(f"rank {r}: {c}" for r, c in causes.items())
+        me = _dist().get_rank(group)
+        who = "this rank" if me in failed else f"rank(s) {', '.join(map(str, failed))}"
+        exc = DistributedRoundError(
+            f"sharded acquisition round failed on {who} ({detail}); no rank recorded the round", failed, causes
+        )
+        raise exc from error
+    return rows
+
+
+def fail_round(error: BaseException, group) -> None:
+    """Take part in the agreement of a round that failed on this rank before ``finish``; raises."""
+    row = torch.zeros(_HEADER, dtype=torch.int64)
+    _agree(group, row, error)
+    raise AssertionError("unreachable: the agreement raises when a rank failed")  # pragma: no cover
+
+
+def _config(rnd) -> dict:
+    """What every rank must agree on; compared by fingerprint, spelled out on mismatch."""
+
+    def vec(x):
+        return None if x is None else [float(v) for v in torch.as_tensor(x, dtype=torch.float64).flatten()]
+
+    st = rnd.state
+    state = None
+    if st is not None:
+        try:
+            counts = st.class_counts(before_round=rnd.round_index).tolist()
+        except CbdaError:
+            counts = None
+        state = (st.num_rounds, st.num_picks, getattr(st, "num_images", None), tuple(st.image_size),
+                 st.num_classes, counts)
+    return {
+        "strategy": rnd.strategy, "heuristic": rnd.spec_heuristic, "radius": rnd.radius,
+        "rounds": rnd.rounds, "round_index": rnd.round_index, "budget": rnd.budget,
+        "num_images": rnd.num_images, "seed": rnd.seed, "out_size": rnd.out_size,
+        "goal": vec(rnd.goal), "class_weights": vec(rnd.user_weights), "state": state,
+    }
+
+
+def _fingerprint(cfg: dict) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(cfg).encode(), digest_size=8).digest(), "little") >> 1
+
+
+# ---------------------------------------------------------------------------- payload
+
+
+def _pack(picks: Picks, ids: torch.Tensor, counts: torch.Tensor | None, h: int, w: int) -> torch.Tensor:
+    """One int64 vector: image ids, then per pick (global index, score bits << 32 | class),
+    then the pseudo-label histogram: 16 bytes a pick."""
+    ys, xs = picks.ys.clamp(min=0), picks.xs.clamp(min=0)
+    gidx = picks.image_ids * (h * w) + ys * w + xs
+    bits = picks.scores.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    word = (bits << 32) | (picks.classes.to(torch.int64) & 0xFFFFFFFF)
+    parts = [ids.to(torch.int64), torch.stack([gidx, word], 1).flatten()]
+    if counts is not None:
+        parts.append(counts.to(torch.int64).cpu())
+    return torch.cat(parts)
+
+
+def _unpack(vec: torch.Tensor, n_ids: int, n_picks: int, n_counts: int, h: int, w: int, whole: bool):
+    ids = vec[:n_ids]
+    pk = vec[n_ids:n_ids + 2 * n_picks].view(n_picks, 2)
+    counts = vec[n_ids + 2 * n_picks:n_ids + 2 * n_picks + n_counts] if n_counts else None
+    gidx, word = pk[:, 0], pk[:, 1]
+    scores = (word >> 32).to(torch.int32).view(torch.float32)
+    classes = (word << 32) >> 32  # arithmetic shift sign-extends the low 32 bits (-1 stays -1)
+    img = gidx // (h * w)
+    pix = gidx - img * (h * w)
+    if whole:
+        m1 = torch.full_like(img, -1)
+        return ids, Picks(img, m1, m1.clone(), scores, classes), counts
+    return ids, Picks(img, pix // w, pix % w, scores, classes), counts
+
+
+def _round_total(rnd, h: int, w: int) -> int | None:
+    from .api.validate import image_quota, per_image_quota
+
+    scope = STRATEGIES[rnd.strategy][0]
+    n = rnd.num_images
+    if scope == "per_image" or n is None:
+        return None
+    if scope == "image":
+        return image_quota(n, rnd.budget, rnd.rounds)
+    return n * per_image_quota(h, w, rnd.budget, rnd.rounds, rnd.radius)
+
+
+def _agreed(rows: torch.Tensor, col: int, what: str) -> int:
+    vals = sorted({int(v) for v in rows[:, col] if int(v) >= 0})
+    if len(vals) > 1:
+        per = ", ".join(f"rank {r}: {int(v)}" for r, v in enumerate(rows[:, col]) if int(v) >= 0)
+        raise InputError(f"{what}: the ranks disagree ({per})")
+    return vals[0] if vals else -1
+
+
+def finish_sharded(rnd, commit: bool):
+    """``AcquisitionRound.finish`` of a sharded round (called on every rank)."""
+    group = rnd._group
+    error = rnd._error
+    row = torch.zeros(_HEADER, dtype=torch.int64)
+    local = None
+    cfg = None
+    if error is None:
+        try:
+            cfg = _config(rnd)
+            picks, _ = rnd._local_picks()
+            ids = torch.tensor(sorted(rnd._seen), dtype=torch.int64)
+            counts = picks.predicted_counts
+            h, w = rnd._image_size if rnd._image_size is not None else (-1, -1)
+            c = rnd.num_classes if rnd.num_classes is not None else -1
+            row = torch.tensor([1, ids.numel(), len(picks.image_ids), 0 if counts is None else counts.numel(),
+                                c, h, w, _fingerprint(cfg)], dtype=torch.int64)
+            local = (picks, ids, counts)
+        except Exception as e:  # reaches every rank through the agreement
+            error = e
+            row = torch.zeros(_HEADER, dtype=torch.int64)
+    rnd._finished = True  # whatever happens next, this round object is spent
+    stats_start = len(_STATS.calls)
+    rows = _agree(group, row, error)
+
+    if len({int(v) for v in rows[:, _FP]}) > 1:
+        cfgs = _all_gather_object(cfg, group, "all_gather config")
+        diff = [k for k in cfgs[0] if len({repr(c[k]) for c in cfgs}) > 1]
+        per = "; ".join(f"{k}: " + ", ".join(f"rank {r}: {c[k]!r}" for r, c in enumerate(cfgs)) for k in diff)
+        raise InputError(f"{', '.join(diff)}: every rank of a sharded round needs the same value ({per})")
+    h, w = _agreed(rows, _H, "logits (spatial size)"), _agreed(rows, _W, "logits (spatial size)")
+    c = _agreed(rows, _C, "logits (number of classes)")
+    if h < 0:
+        raise InputError("logits: no rank received an image; the image size is unknown")
+
+    # every rank's ids and picks, padded to the longest; 16 bytes a pick
+    whole = rnd.strategy == "image"
+    if local is not None and rnd._image_size is None:
+        rnd._image_size = (h, w)
+    vec = _pack(*local, h, w)
+    lengths = (rows[:, _NIDS] + 2 * rows[:, _NPICKS] + rows[:, _NCOUNTS]).tolist()
+    longest = max(lengths)
+    gathered = []
+    if longest:
+        pad = torch.zeros(longest - vec.numel(), dtype=torch.int64)
+        gathered = _all_gather(torch.cat([vec, pad]), group, "all_gather picks")
+    parts = [
+        _unpack(g, int(rows[r, _NIDS]), int(rows[r, _NPICKS]), int(rows[r, _NCOUNTS]), h, w, whole)
+        for r, g in enumerate(gathered)
+    ]
+
+    all_ids = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, dtype=torch.int64)
+    uniq, cnt = torch.unique(all_ids, return_counts=True)
+    if (cnt > 1).any():
+        dup = uniq[cnt > 1][:5].tolist()
+        ranks = [r for r, p in enumerate(parts) if set(p[0].tolist()) & set(dup)]
+        raise InputError(
+            f"image_ids: image ids {dup} appear on more than one rank ({', '.join(map(str, ranks))}); "
+            "the shards of a sharded round must hold globally distinct ids"
+        )
+
+    # the same merge on every rank: (score desc, global index asc), then the round's quota
+    merged = Picks.empty()
+    if parts:
+        merged = Picks(*(torch.cat([getattr(p[1], f) for p in parts])
+                         for f in ("image_ids", "ys", "xs", "scores", "classes")))
+    gidx = merged.image_ids * (h * w) + merged.ys.clamp(min=0) * w + merged.xs.clamp(min=0)
+    perm = sort_picks(merged.scores, gidx)
+    total = _round_total(rnd, h, w)
+    if total is not None:
+        perm = perm[:total]
+    out = Picks(merged.image_ids[perm], merged.ys[perm], merged.xs[perm], merged.scores[perm], merged.classes[perm])
+    counted = [p[2] for p in parts if p[2] is not None]
+    out.predicted_counts = torch.stack(counted).sum(0) if counted else None
+
+    # class weights: the plan's where this rank scored images, else the same computation
+    if rnd._plan is not None:
+        weights = rnd._plan.class_weights
+    elif rnd.user_weights is not None:
+        weights = rnd.user_weights
+    elif STRATEGIES[rnd.strategy][1] and c > 0 and rnd.num_images is not None:
+        weights = rnd._weights(c, rnd.num_images)
+    else:
+        weights = None
+    sel = rnd._selection(out, weights)
+    rnd.comm_stats = CommStats(list(_STATS.calls[stats_start:]))
+    if rnd.state is not None and commit:
+        rnd.state.record(sel)
+    return sel
