@@ -44,6 +44,12 @@ __all__ = [
 _OK, _NIDS, _NPICKS, _NCOUNTS, _C, _H, _W, _FP = range(8)
 _HEADER = 8
 
+#: Before the gather, a da/cbda round finds the global K-th best score with four all_reduces
+#: of 256-bin histograms (8 KiB in all) so that each rank sends only its picks at or above it
+#: (its share of K, not K) — when some rank holds at least this many local picks and the
+#: ranks together hold more than K. 0 forces it (tests); None turns it off.
+THRESHOLD_MIN_PICKS: int | None = 2048
+
 
 class DistributedRoundError(CbdaError, RuntimeError):
     """A sharded round failed on at least one rank; raised on every rank, nothing recorded.
@@ -242,6 +248,37 @@ def _unpack(vec: torch.Tensor, n_ids: int, n_picks: int, n_counts: int, h: int, 
     return ids, Picks(img, pix // w, pix % w, scores, classes), counts
 
 
+def _ordered_score_bits(scores: torch.Tensor) -> torch.Tensor:
+    """float32 scores -> int64 in [0, 2^32) with the same order (-0.0 counts as +0.0)."""
+    bits = (scores.to(torch.float32) + 0.0).contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
+
+
+def _all_reduce(t: torch.Tensor, group, op: str) -> torch.Tensor:
+    dist = _dist()
+    t = t.to(_device(group)).contiguous()
+    dist.all_reduce(t, group=group)
+    nbytes = t.numel() * t.element_size()
+    _STATS.calls.append((op, nbytes, nbytes))
+    return t.cpu()
+
+
+def _kth_score_key(keys: torch.Tensor, k: int, group) -> int:
+    """The k-th largest of the keys of all ranks (radix select, 8 bits a pass, all_reduce)."""
+    prefix, remaining = 0, k
+    for shift in (24, 16, 8, 0):
+        mine = keys if shift == 24 else keys[(keys >> (shift + 8)) == prefix]
+        hist = torch.bincount((mine >> shift) & 255, minlength=256)
+        hist = _all_reduce(hist, group, "all_reduce score histogram")
+        above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[b] = count(digit >= b)
+        b = int(torch.nonzero(above >= remaining).max())
+        remaining -= int(above[b]) - int(hist[b])
+        prefix = (prefix << 8) | b
+        if int(hist[b]) == remaining:  # the whole bucket is needed: nothing below it
+            return prefix << shift
+    return prefix
+
+
 def _round_total(rnd, h: int, w: int) -> int | None:
     from .api.validate import image_quota, per_image_quota
 
@@ -297,10 +334,25 @@ def finish_sharded(rnd, commit: bool):
     if h < 0:
         raise InputError("logits: no rank received an image; the image size is unknown")
 
-    # every rank's ids and picks, padded to the longest; 16 bytes a pick
     whole = rnd.strategy == "image"
     if local is not None and rnd._image_size is None:
         rnd._image_size = (h, w)
+    total = _round_total(rnd, h, w)
+    n_picks = rows[:, _NPICKS]
+    if (THRESHOLD_MIN_PICKS is not None and STRATEGIES[rnd.strategy][0] == "global" and total
+            and int(n_picks.sum()) > total and int(n_picks.max()) >= THRESHOLD_MIN_PICKS):
+        # send only what can make the global top-K: scores at or above the K-th best
+        # (ties at it included; the merge below resolves them by global index)
+        picks = local[0]
+        keys = _ordered_score_bits(picks.scores)
+        keep = keys >= _kth_score_key(keys, total, group)
+        local = (Picks(*(getattr(picks, f)[keep] for f in ("image_ids", "ys", "xs", "scores", "classes")),
+                       picks.predicted_counts), *local[1:])
+        sizes = _all_gather(torch.tensor([int(keep.sum())], dtype=torch.int64), group, "all_gather sizes")
+        rows = rows.clone()
+        rows[:, _NPICKS] = torch.cat(sizes)
+
+    # every rank's ids and picks, padded to the longest; 16 bytes a pick
     vec = _pack(*local, h, w)
     lengths = (rows[:, _NIDS] + 2 * rows[:, _NPICKS] + rows[:, _NCOUNTS]).tolist()
     longest = max(lengths)
@@ -330,7 +382,6 @@ def finish_sharded(rnd, commit: bool):
                          for f in ("image_ids", "ys", "xs", "scores", "classes")))
     gidx = merged.image_ids * (h * w) + merged.ys.clamp(min=0) * w + merged.xs.clamp(min=0)
     perm = sort_picks(merged.scores, gidx)
-    total = _round_total(rnd, h, w)
     if total is not None:
         perm = perm[:total]
     out = Picks(merged.image_ids[perm], merged.ys[perm], merged.xs[perm], merged.scores[perm], merged.classes[perm])

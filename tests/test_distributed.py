@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import cbda
+import cbda.distributed as cdist
 from cbda import _native
 from cbda.distributed import DistributedRoundError
 from helpers import random_logits, tie_scores
@@ -152,6 +153,15 @@ def _worker(rank, world, init_file, out_dir):
                 res["ties", s, b] = _ties(ids, s, b, True)
         for s in ("image", "cbra", "cbda"):
             res["stream", s] = _streaming(ids, s, True)
+        # the threshold search before the gather, forced on at these small sizes
+        cdist.THRESHOLD_MIN_PICKS = 0
+        cdist.reset_comm_stats()
+        for s in ("da", "cbda"):
+            res["multi_thr", s] = _multi_round(ids, s, BACKENDS[-1], True)
+            res["ties_thr", s] = _ties(ids, s, BACKENDS[-1], True)
+        res["thr_ops"] = sorted({op for op, _, _ in cdist.comm_stats().calls})
+        cdist.THRESHOLD_MIN_PICKS = None
+        res["plain_thr", "cbda"] = _ties(ids, "cbda", BACKENDS[-1], True)
         res["default_n"] = _default_n(ids, True)
         for kind in ("nan", "duplicate", "budget", "early", "streaming"):
             res["fail", kind] = _failing(rank, world, kind)
@@ -204,6 +214,19 @@ def test_distributed_ties_across_ranks(world, strategy):
     if strategy in ("da", "cbda"):  # the cut falls inside a run of equal scores
         scores = want["scores"]
         assert len(scores) > len(set(scores))
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("strategy", ["da", "cbda"])
+def test_distributed_threshold_search_is_exact(world, strategy):
+    runs = _run(world)
+    want_multi = _multi_round(ALL, strategy, "reference", False)
+    want_ties = _ties(ALL, strategy, "reference", False)
+    for r in range(world):
+        assert runs[r]["multi_thr", strategy] == want_multi, f"rank {r}"
+        assert runs[r]["ties_thr", strategy] == want_ties, f"rank {r}"
+        assert "all_reduce score histogram" in runs[r]["thr_ops"]
+    assert all(runs[r]["plain_thr", "cbda"] == _ties(ALL, "cbda", "reference", False) for r in range(world))
 
 
 @pytest.mark.parametrize("world", WORLDS)
