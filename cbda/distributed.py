@@ -23,6 +23,7 @@ import hashlib
 import pickle
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .backends.base import STRATEGIES, Picks
@@ -35,6 +36,7 @@ __all__ = [
     "comm_stats",
     "finish_sharded",
     "global_num_images",
+    "label_from_ground_truth",
     "reset_comm_stats",
     "resolve_group",
 ]
@@ -402,3 +404,63 @@ def finish_sharded(rnd, commit: bool):
     if rnd.state is not None and commit:
         rnd.state.record(sel)
     return sel
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def label_from_ground_truth(state, lookup, round_index: int | None = None, process_group=None) -> None:
+    """Label a round of every rank's replica of ``state`` from ground truth held in pieces.
+
+    Each rank's ``lookup(image_id)`` returns the (H, W) train-id map of an image it holds, or
+    None for one it does not (typically: the images of its own shard). The windows are cut
+    where the ground truth is, combined with one all_reduce (MIN over uint8, 255 = "not
+    here"), and every rank sets the same labels. Raises on every rank, setting nothing, if a
+    lookup fails on any rank or no rank holds some picked image. Collective: call it on every
+    rank of the group.
+    """
+    group = resolve_group(True, process_group)
+    error, labels, have = None, None, None
+    try:
+        if round_index is None:
+            round_index = state.num_rounds
+        sel = state.selection(round_index)
+        h, w = state.image_size
+        ids = sel.image_ids.numpy()
+        whole = sel.unit == "image"
+        k = 2 * sel.radius + 1
+        labels = np.full((len(ids), h, w) if whole else (len(ids), k, k), 255, dtype=np.uint8)
+        have = np.zeros(len(ids), dtype=np.int32)
+        off = np.arange(-sel.radius, sel.radius + 1)
+        for image_id in np.unique(ids).tolist():
+            gt = lookup(image_id)
+            if gt is None:
+                continue
+            gt = np.asarray(gt.cpu() if isinstance(gt, torch.Tensor) else gt)
+            if gt.shape != (h, w):
+                raise InputError(f"lookup: expected an ({h}, {w}) train-id map for image {image_id}, got shape {gt.shape}")
+            if gt.dtype.kind not in "iu" or gt.size and (gt.min() < 0 or gt.max() > 255):
+                raise InputError(f"lookup (image {image_id}): expected integer train ids in [0, 255]")
+            rows = np.flatnonzero(ids == image_id)
+            have[rows] = 1
+            if whole:
+                labels[rows] = gt
+            else:  # clamped reads; set_labels voids the positions outside the image
+                cy = np.clip(sel.ys.numpy()[rows, None] + off, 0, h - 1)
+                cx = np.clip(sel.xs.numpy()[rows, None] + off, 0, w - 1)
+                labels[rows] = gt[cy[:, :, None], cx[:, None, :]]
+    except Exception as e:
+        error = e
+    row = torch.zeros(_HEADER, dtype=torch.int64)
+    row[_OK] = int(error is None)
+    _agree(group, row, error)
+    dist = _dist()
+    t = torch.from_numpy(labels).to(_device(group))
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
+    cov = torch.from_numpy(have).to(_device(group))
+    dist.all_reduce(cov, group=group)
+    _STATS.calls += [("all_reduce labels", t.numel(), t.numel()), ("all_reduce label coverage", cov.numel() * 4, cov.numel() * 4)]
+    missing = sorted(set(ids[cov.cpu().numpy() == 0].tolist()))
+    if missing:
+        raise InputError(f"lookup: no rank has the ground truth of picked images {missing[:5]}; nothing was labelled")
+    state.set_labels(round_index, t.cpu().numpy())

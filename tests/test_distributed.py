@@ -141,6 +141,26 @@ def _failing(rank, world, kind):
     return raised, before, _state_hash(st), st.num_rounds
 
 
+def _shared_labels(rank, world, strategy):
+    """Each rank holds the ground truth of its own shard only; labels are shared."""
+    logits, gt = _logits(), _gt()
+    ids = SHARDS[world][rank]
+    st = cbda.ActiveLabelState(SIZE, C, num_images=N)
+    for _ in range(2):
+        cbda.select(logits[ids], image_ids=ids, budget=0.3, rounds=3, strategy=strategy,
+                    out_size=SIZE, state=st, shard=True)
+        cdist.label_from_ground_truth(st, lambda i: gt[i] if i in ids else None)
+    cbda.select(logits[ids], image_ids=ids, budget=0.3, rounds=3, strategy=strategy,
+                out_size=SIZE, state=st, shard=True)
+    first = int(st.selection(st.num_rounds).image_ids[0])
+    try:  # nobody holds the ground truth of a picked image: every rank raises, nothing set
+        cdist.label_from_ground_truth(st, lambda i: gt[i] if i in ids and i != first else None)
+        raised = None
+    except cbda.InputError as e:
+        raised = str(e)
+    return _state_hash(st), st.labels_pending(), raised, first
+
+
 def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -163,6 +183,8 @@ def _worker(rank, world, init_file, out_dir):
         cdist.THRESHOLD_MIN_PICKS = None
         res["plain_thr", "cbda"] = _ties(ids, "cbda", BACKENDS[-1], True)
         res["default_n"] = _default_n(ids, True)
+        for s in ("image", "cbda"):
+            res["labels", s] = _shared_labels(rank, world, s)
         for kind in ("nan", "duplicate", "budget", "early", "streaming"):
             res["fail", kind] = _failing(rank, world, kind)
         # the group still works after all that: one more good round
@@ -263,6 +285,27 @@ def test_distributed_failure_raises_everywhere_and_records_nothing(world, kind, 
         if error == "DistributedRoundError":
             assert ranks == [bad] and f"rank {bad}" in msg or r == bad and "this rank" in msg
         assert before == after and rounds == 1, f"rank {r}: the state changed"
+
+
+def _single_labels(strategy):
+    logits, gt = _logits(), _gt()
+    st = cbda.ActiveLabelState(SIZE, C, num_images=N)
+    for _ in range(2):
+        cbda.select(logits, budget=0.3, rounds=3, strategy=strategy, out_size=SIZE, state=st)
+        st.label_from_ground_truth(lambda i: gt[i])
+    cbda.select(logits, budget=0.3, rounds=3, strategy=strategy, out_size=SIZE, state=st)
+    return st
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("strategy", ["image", "cbda"])
+def test_distributed_labels_shared_from_shard_ground_truth(world, strategy):
+    runs = _run(world)
+    want = _state_hash(_single_labels(strategy))
+    for r in range(world):
+        got, pending, raised, first = runs[r]["labels", strategy]
+        assert got == want and pending, f"rank {r}"
+        assert raised is not None and f"[{first}]" in raised and "lookup" in raised
 
 
 def test_distributed_needs_initialised_group():
