@@ -386,14 +386,15 @@ def select(
     from .. import distributed
 
     group = distributed.resolve_group(shard, process_group)
+    given = None
+    if isinstance(logits, torch.Tensor):
+        given = logits.shape[0] if logits.dim() == 4 else None
+    elif isinstance(scores, torch.Tensor):
+        given = scores.shape[0] if scores.dim() == 3 else None
+    if group is not None:  # the sum of the shard sizes; on every rank, whatever its arguments
+        given = distributed.global_num_images(given, group)
     if num_images is None and (state is None or not getattr(state, "num_images", None)):
-        if isinstance(logits, torch.Tensor):
-            num_images = logits.shape[0] if logits.dim() == 4 and logits.shape[0] > 0 else None
-        elif isinstance(scores, torch.Tensor):
-            num_images = scores.shape[0] if scores.dim() == 3 and scores.shape[0] > 0 else None
-        if group is not None:  # N of the whole target set: the sum of the shard sizes
-            local = 0 if num_images is None and isinstance(logits if scores is None else scores, torch.Tensor) else num_images
-            num_images = distributed.global_num_images(local, group)
+        num_images = given or None
     try:  # in a sharded round a local error must reach the other ranks, so catch from here
         if (logits is None) == (scores is None):
             raise InputError("logits/scores: give exactly one of logits (a tensor or batches) or scores")
