@@ -84,7 +84,8 @@ def _worker(rank, world, init_file, out_dir, args, mode):
     ids = list(range(rank, logits.shape[0], world))  # round-robin shards
     res = _rounds(args, gt, logits, ids, True)
     torch.save(res, os.path.join(out_dir, f"{rank}.pt"))
-    dist.destroy_process_group()
+    dist.barrier()
+    os._exit(0)  # gloo's teardown can abort after the work is done; the results are saved
 
 
 def _machine() -> str:

@@ -14,7 +14,18 @@ fails never leaves the others waiting: it still takes part in the header exchang
 its error), every rank sees the flag, and every rank raises before anyone records.
 
 Used through ``cbda.select(..., shard=True)`` / ``AcquisitionRound(..., shard=True)``; works
-with any ``torch.distributed`` backend (gloo on the CPU; NCCL with the current CUDA device).
+with any ``torch.distributed`` backend (gloo on the CPU; NCCL with the current CUDA device)::
+
+    mine = list(range(rank, N, world))          # globally distinct ids; no padding duplicates
+    batches = ((ids, model(images)) for ids, images in loader_over(mine))
+    sel = cbda.select(batches, budget=0.05, rounds=5, strategy="cbda", out_size=(H, W),
+                      state=state, num_images=N, shard=True)   # same sel on every rank
+    cbda.distributed.label_from_ground_truth(state, lambda i: gt(i) if i in mine else None)
+
+Every rank must call with the same arguments (checked: a mismatch raises on every rank) and
+its own replica of the state. ``select`` catches a rank's local error and still meets the
+others; with ``AcquisitionRound`` build it identically everywhere and call ``finish()`` in a
+``finally``, or a rank that stops early leaves the others waiting for the group's timeout.
 """
 
 from __future__ import annotations
