@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -29,6 +30,21 @@ from .validate import (
 __all__ = ["AcquisitionRound", "select"]
 
 
+def _remember_error(method):
+    """In a sharded round, keep the first error of add()/add_scores() for finish()'s agreement."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            if self._group is not None and self._error is None:
+                self._error = e
+            raise
+
+    return wrapper
+
+
 def _prior_picks(state, image_ids: torch.Tensor):
     from ..state import PriorPicks
 
@@ -47,6 +63,11 @@ class AcquisitionRound:
     Args: as ``cbda.select`` (``num_images`` is the size N of the whole target set, needed by
     ``da``/``cbda``/``image`` and by class weights; taken from ``state.num_images`` when
     not given).
+
+    Sharded (``shard=True`` or a ``process_group``): every rank feeds its own images and
+    calls ``finish()`` (also after an error in ``add``: put it in a ``finally``), which agrees
+    on success across ranks and returns the same global selection everywhere
+    (see ``cbda.distributed``).
     """
 
     def __init__(
@@ -65,7 +86,13 @@ class AcquisitionRound:
         backend: str = "auto",
         num_images: int | None = None,
         seed: int = 0,
+        shard: bool = False,
+        process_group=None,
     ):
+        from ..distributed import resolve_group
+
+        self._group = resolve_group(shard, process_group)
+        self._error: BaseException | None = None
         self.budget = check_budget(budget)
         self.rounds = check_int("rounds", rounds, 1)
         self.strategy = check_strategy(strategy)
@@ -189,6 +216,7 @@ class AcquisitionRound:
         if self._finished:
             raise StateError("this round is finished; start a new AcquisitionRound")
 
+    @_remember_error
     def add(self, image_ids, logits: torch.Tensor) -> None:
         """Score and consider one batch.
 
@@ -215,6 +243,7 @@ class AcquisitionRound:
         self._acc.add(ids, _prior_picks(self.state, ids), logits=logits)
         self._seen.update(ids.tolist())
 
+    @_remember_error
     def add_scores(self, image_ids, scores: torch.Tensor, pseudo_labels: torch.Tensor | None = None) -> None:
         """Consider one batch of precomputed score maps (heuristic agnostic).
 
@@ -246,17 +275,29 @@ class AcquisitionRound:
     def finish(self, commit: bool = True) -> Selection:
         """The round's picks; with a state and ``commit``, record them as a new round."""
         self._check_open()
+        if self._group is not None:
+            from ..distributed import finish_sharded
+
+            return finish_sharded(self, commit)
+        if self._acc is None and self._image_size is None:
+            raise InputError("logits: the round received no image; its size is unknown")
+        picks, weights = self._local_picks()
+        sel = self._selection(picks, weights)
+        if self.state is not None and commit:
+            self.state.record(sel)
+        self._finished = True
+        return sel
+
+    def _local_picks(self):
+        """(Picks of the images this process saw, class weights applied or None)."""
         if self._acc is None:
-            if self._image_size is None:
-                raise InputError("logits: the round received no image; its size is unknown")
             from ..backends.base import Picks
 
-            picks = Picks.empty()
-            weights = None
-        else:
-            picks = self._acc.finish()
-            weights = self._plan.class_weights
-        sel = Selection(
+            return Picks.empty(), None
+        return self._acc.finish(), self._plan.class_weights
+
+    def _selection(self, picks, weights) -> Selection:
+        return Selection(
             image_ids=picks.image_ids.cpu(),
             ys=picks.ys.cpu(),
             xs=picks.xs.cpu(),
@@ -269,10 +310,6 @@ class AcquisitionRound:
             class_weights=weights,
             predicted_counts=picks.predicted_counts.cpu() if picks.predicted_counts is not None else None,
         )
-        if self.state is not None and commit:
-            self.state.record(sel)
-        self._finished = True
-        return sel
 
 
 def _batches(logits, image_ids):
@@ -310,6 +347,8 @@ def select(
     num_images: int | None = None,
     seed: int = 0,
     commit: bool = True,
+    shard: bool = False,
+    process_group=None,
 ) -> Selection:
     """Run one acquisition round and return what to label.
 
@@ -333,29 +372,48 @@ def select(
         num_images: N, the size of the target set (default: state.num_images or B).
         seed: seed of the ``random`` heuristic.
         commit: record the picks in ``state``.
+        shard: the input is this process's shard of the target set: every rank of
+            ``process_group`` (default: the initialised default group) calls ``select`` with
+            its own images (globally distinct ids; a shard may be empty) and gets the same
+            global selection, equal to one process selecting over all images; with ``commit``
+            every rank records it in its replica of ``state``. N defaults to the sum of the
+            shard sizes. If any rank fails, every rank raises and nobody records.
+        process_group: a ``torch.distributed`` group; implies ``shard``.
     Returns:
         ``cbda.Selection`` (image_ids, ys, xs int64; scores float32; classes int64; in pick
         order).
     """
-    if (logits is None) == (scores is None):
-        raise InputError("logits/scores: give exactly one of logits (a tensor or batches) or scores")
-    if scores is None and pseudo_labels is not None:
-        raise InputError("pseudo_labels: only used together with scores")
+    from .. import distributed
+
+    group = distributed.resolve_group(shard, process_group)
+    given = None
+    if isinstance(logits, torch.Tensor):
+        given = logits.shape[0] if logits.dim() == 4 else None
+    elif isinstance(scores, torch.Tensor):
+        given = scores.shape[0] if scores.dim() == 3 else None
+    if group is not None:  # the sum of the shard sizes; on every rank, whatever its arguments
+        given = distributed.global_num_images(given, group)
     if num_images is None and (state is None or not getattr(state, "num_images", None)):
-        if isinstance(logits, torch.Tensor):
-            num_images = logits.shape[0] if logits.dim() == 4 and logits.shape[0] > 0 else None
-        elif isinstance(scores, torch.Tensor):
-            num_images = scores.shape[0] if scores.dim() == 3 and scores.shape[0] > 0 else None
-    rnd = AcquisitionRound(
-        budget=budget, rounds=rounds, round_index=round_index, strategy=strategy, heuristic=heuristic,
-        radius=radius, out_size=out_size, state=state, goal=goal, class_weights=class_weights,
-        backend=backend, num_images=num_images, seed=seed,
-    )
-    if scores is not None:
-        rnd.add_scores(image_ids, scores, pseudo_labels)
-    else:
-        for ids, batch in _batches(logits, image_ids):
-            if not isinstance(batch, torch.Tensor):
-                raise InputError(f"logits: expected tensors (B, C, h, w) in each batch, got {type(batch).__name__}")
-            rnd.add(ids if ids is not None else None, batch)
+        num_images = given or None
+    try:  # in a sharded round a local error must reach the other ranks, so catch from here
+        if (logits is None) == (scores is None):
+            raise InputError("logits/scores: give exactly one of logits (a tensor or batches) or scores")
+        if scores is None and pseudo_labels is not None:
+            raise InputError("pseudo_labels: only used together with scores")
+        rnd = AcquisitionRound(
+            budget=budget, rounds=rounds, round_index=round_index, strategy=strategy, heuristic=heuristic,
+            radius=radius, out_size=out_size, state=state, goal=goal, class_weights=class_weights,
+            backend=backend, num_images=num_images, seed=seed, process_group=group,
+        )
+        if scores is not None:
+            rnd.add_scores(image_ids, scores, pseudo_labels)
+        else:
+            for ids, batch in _batches(logits, image_ids):
+                if not isinstance(batch, torch.Tensor):
+                    raise InputError(f"logits: expected tensors (B, C, h, w) in each batch, got {type(batch).__name__}")
+                rnd.add(ids if ids is not None else None, batch)
+    except Exception as e:
+        if group is None:
+            raise
+        distributed.fail_round(e, group)  # every rank learns of it and raises
     return rnd.finish(commit=commit)
