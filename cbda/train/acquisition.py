@@ -27,11 +27,14 @@ def stream_logits(model, loader, prepare, autocast=None) -> Iterator[tuple[torch
 
 def run_round(model, loader, state, round_index: int, active: dict, label_size: tuple[int, int],
               num_images: int, gt_lookup: Callable[[int], np.ndarray], prepare, autocast=None,
-              seed: int = 0):
+              seed: int = 0, shard: bool = False):
     """Select round `round_index` into `state` and label it from the ground truth.
 
     active: the `active` config section (strategy, budget, rounds, radius, heuristic, backend,
-    goal). gt_lookup(image_id) -> (H, W) uint8 train ids at label_size. Returns the Selection."""
+    goal). gt_lookup(image_id) -> (H, W) uint8 train ids at label_size. With `shard`, `loader`
+    holds this rank's share of the target images and every rank of the default process group
+    must call this together: the selection is merged across ranks (cbda.select(shard=True)) and
+    every rank labels it into its own replica of the state. Returns the Selection."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -41,7 +44,7 @@ def run_round(model, loader, state, round_index: int, active: dict, label_size: 
             strategy=active["strategy"], heuristic=active.get("heuristic", "ripu"),
             radius=int(active.get("radius", 1)), out_size=tuple(label_size), state=state,
             goal=active.get("goal"), backend=active.get("backend", "auto"),
-            num_images=num_images, seed=seed)
+            num_images=num_images, seed=seed, shard=shard)
     state.label_from_ground_truth(gt_lookup, round_index=round_index)
     model.train(was_training)
     return sel

@@ -1,7 +1,7 @@
 """Multi-process (torchrun / DDP) helpers. Single-process runs pass through every function.
 
-Until the distributed acquisition lands in cbda, rank 0 runs cbda.select over the whole target
-set and broadcasts the resulting labelling state to the other ranks."""
+Acquisition itself is distributed by cbda.select(shard=True) (each rank scores its shard); the
+state broadcast here sends rank 0's replica to every rank, for callers that hold it on rank 0 only."""
 from __future__ import annotations
 
 import os

@@ -290,17 +290,19 @@ class Trainer:
             entry_extra["miou_before"] = res["miou"]
             entry_extra["min_iou_before"] = res["min_iou"]
         t0 = time.time()
-        n_picks = 0
-        if self.rank == 0:
-            loader = DataLoader(self.tgt_train, batch_size=int(active.get("batch_size", 2)),
-                                num_workers=int(self.cfg["data"].get("num_workers", 0)),
-                                generator=torch.Generator().manual_seed(0))
-            sel = run_round(self.model, loader, self.state, k, active, self.label_size,
-                            len(self.tgt_train), self.target_gt, self.prepare,
-                            self.autocast if self.cfg["train"].get("bf16") else None,
-                            seed=int(self.cfg.get("seed", 0)))
-            n_picks = len(sel)
-        self.state = dist_utils.broadcast_state(self.state)
+        # Every rank scores its own shard of the target set; cbda.select(shard=True) merges the
+        # ranks' candidates with collectives into the exact global selection, recorded in every
+        # rank's replica of the state (single process: the whole set, no collectives).
+        shard = list(range(len(self.tgt_train)))[self.rank::self.world]
+        loader = DataLoader(torch.utils.data.Subset(self.tgt_train, shard),
+                            batch_size=int(active.get("batch_size", 2)),
+                            num_workers=int(self.cfg["data"].get("num_workers", 0)),
+                            generator=torch.Generator().manual_seed(0))
+        sel = run_round(self.model, loader, self.state, k, active, self.label_size,
+                        len(self.tgt_train), self.target_gt, self.prepare,
+                        self.autocast if self.cfg["train"].get("bf16") else None,
+                        seed=int(self.cfg.get("seed", 0)), shard=self.world > 1)
+        n_picks = len(sel)
         self._label_cache.clear()
         entry = round_summary(self.state, self.classes, k, self.iteration, n_picks)
         entry.update(entry_extra, seconds=round(time.time() - t0, 3))
