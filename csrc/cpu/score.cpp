@@ -28,6 +28,8 @@ void Axis::init(int64_t in, int64_t out) {
     l1[o] = lam;
     l0[o] = 1.0f - lam;
   }
+  j0.assign(i0.begin(), i0.end());
+  j1.assign(i1.begin(), i1.end());
 }
 
 ScoreConfig make_config(const LogitsView& lv, int heuristic, int64_t radius, int64_t H, int64_t W,
@@ -50,7 +52,11 @@ ScoreConfig make_config(const LogitsView& lv, int heuristic, int64_t radius, int
   return cfg;
 }
 
-void RowScratch::ensure(int64_t C, int64_t W) {
+void RowScratch::ensure(int64_t C, int64_t W, int64_t w) {
+  if (static_cast<int64_t>(f0.size()) < w) {
+    f0.resize(w);
+    f1.resize(w);
+  }
   if (static_cast<int64_t>(u.size()) < C * W) u.resize(C * W);
   if (static_cast<int64_t>(m.size()) < W) {
     m.resize(W);
@@ -73,7 +79,7 @@ bool have_avx2_fma() {
 
 void pass_a_rows(const LogitsView& lv, const ScoreConfig& cfg, int64_t b, uint64_t image_id,
                  int64_t y0, int64_t y1, float* E, int32_t* L, RowScratch& rs, int64_t* hist) {
-  rs.ensure(lv.C, cfg.W);
+  rs.ensure(lv.C, cfg.W, lv.w);
   if (have_avx2_fma())
     avx2::pass_a_rows(lv, cfg, b, image_id, y0, y1, E, L, rs, hist);
   else

@@ -26,6 +26,7 @@ struct LogitsView {
 // upsampled logits, and hence the pseudo labels, are bit-identical to the reference.
 struct Axis {
   std::vector<int64_t> i0, i1;
+  std::vector<int32_t> j0, j1;  // the same as int32 (gather indices)
   std::vector<float> l0, l1;
   void init(int64_t in, int64_t out);
 };
@@ -45,9 +46,9 @@ ScoreConfig make_config(const LogitsView& lv, int heuristic, int64_t radius, int
 
 // Per-thread row scratch of pass A: C*W upsampled logits plus a few W-sized rows.
 struct RowScratch {
-  std::vector<float> u, m, s, acc, p1, p2;
+  std::vector<float> u, m, s, acc, p1, p2, f0, f1;
   std::vector<int32_t> lab;
-  void ensure(int64_t C, int64_t W);
+  void ensure(int64_t C, int64_t W, int64_t w);
 };
 
 // Pass A for rows [y0, y1) of image b: E[y*W + x] gets the per-pixel value the heuristic

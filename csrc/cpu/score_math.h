@@ -19,10 +19,11 @@ inline uint32_t as_u32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; 
 // 1e-38 instead of flushing to denormals/zero: its contribution to any sum over classes is
 // far below a float32 ulp of the sum.
 inline float exp_f(float x) {
+  // selects without arithmetic in their arms, so they if-convert under -ftrapping-math and
+  // the loops calling this vectorise
   x = x < -87.3f ? -87.3f : x;
   float fx = x * 1.44269504088896341f + 0.5f;
-  float n = (float)(int32_t)fx;
-  n = n > fx ? n - 1.0f : n;  // floor
+  const float n = __builtin_floorf(fx);
   x = x - n * 0.693359375f;
   x = x - n * -2.12194440e-4f;
   const float z = x * x;
@@ -42,8 +43,8 @@ inline float log_f(float x) {
   float e = (float)((int32_t)((bits >> 23) & 0xff) - 126);
   float m = as_float((bits & 0x007fffffu) | 0x3f000000u);  // x = m 2^e, m in [0.5, 1)
   const bool small = m < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
+  e = e - (small ? 1.0f : 0.0f);
+  m = (m - 1.0f) + (small ? m : 0.0f);  // 2m - 1 or m - 1, both exact
   const float z = m * m;
   float y = 7.0376836292e-2f;
   y = y * m - 1.1514610310e-1f;

@@ -1,6 +1,8 @@
 // Pass A, AVX2+FMA build: the same source as score_rows_generic.cpp compiled for 8-lane
 // vectors with hardware fma; chosen at run time when the CPU has both (score.cpp).
-#pragma GCC optimize("fp-contract=off")
+// no-trapping-math lets the compiler if-convert float selects (results are unchanged: it
+// only drops the assumption that FP exceptions are observed)
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
 #include <cmath>
 
 #include "score.h"

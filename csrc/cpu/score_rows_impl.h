@@ -39,8 +39,10 @@ void rows_t(const LogitsView& lv, const ScoreConfig& cfg, int64_t b, uint64_t im
   float* __restrict p1 = rs.p1.data();
   float* __restrict p2 = rs.p2.data();
   int32_t* __restrict lab = rs.lab.data();
-  const int64_t* __restrict xi0 = cfg.ax.i0.data();
-  const int64_t* __restrict xi1 = cfg.ax.i1.data();
+  const int32_t* __restrict xi0 = cfg.ax.j0.data();
+  const int32_t* __restrict xi1 = cfg.ax.j1.data();
+  float* __restrict f0 = rs.f0.data();
+  float* __restrict f1 = rs.f1.data();
   const float* __restrict wx0 = cfg.ax.l0.data();
   const float* __restrict wx1 = cfg.ax.l1.data();
   const int64_t sW = lv.sW;
@@ -54,13 +56,23 @@ void rows_t(const LogitsView& lv, const ScoreConfig& cfg, int64_t b, uint64_t im
       const T* pc = base + c * lv.sC;
       float* __restrict uc = u + c * W;
       if (cfg.upsample) {
+        // the two source rows as float32 first (contiguous, vectorised), then the bilinear
+        // blend gathers from them with 32-bit indices (AVX2 vgatherdps)
         const T* r0 = pc + cfg.ay.i0[y] * lv.sH;
         const T* r1 = pc + cfg.ay.i1[y] * lv.sH;
+        const int64_t w = lv.w;
+        if (sW == 1) {
+#pragma omp simd
+          for (int64_t k = 0; k < w; ++k) { f0[k] = load(r0 + k); f1[k] = load(r1 + k); }
+        } else {
+          for (int64_t k = 0; k < w; ++k) { f0[k] = load(r0 + k * sW); f1[k] = load(r1 + k * sW); }
+        }
         const float wy0 = cfg.ay.l0[y], wy1 = cfg.ay.l1[y];
 #pragma omp simd
         for (int64_t x = 0; x < W; ++x) {
-          const float t0 = std::fma(load(r0 + xi0[x] * sW), wx0[x], load(r0 + xi1[x] * sW) * wx1[x]);
-          const float t1 = std::fma(load(r1 + xi0[x] * sW), wx0[x], load(r1 + xi1[x] * sW) * wx1[x]);
+          const int32_t a = xi0[x], b1 = xi1[x];
+          const float t0 = std::fma(f0[a], wx0[x], f0[b1] * wx1[x]);
+          const float t1 = std::fma(f1[a], wx0[x], f1[b1] * wx1[x]);
           uc[x] = std::fma(t0, wy0, t1 * wy1);
         }
       } else {
