@@ -62,7 +62,11 @@ template <typename PassA, typename Emit, typename LabelAt>
 void Round::run_batch(int64_t B, const int64_t* ids, const PriorPicksView& prior, PassA&& pass_a,
                       Emit&& emit, LabelAt&& label_at, int64_t hist_classes, int64_t* hist) {
   const int64_t H = H_, W = W_, HW = H * W;
-  bool skip = false, has_blocked = false;
+  // Images with nothing to pick, decided before the threads start: a thread that skips an
+  // image runs ahead into the next one, so this flag must not be shared state it rewrites.
+  std::vector<uint8_t> skip(B);
+  for (int64_t b = 0; b < B; ++b) skip[b] = quota_ <= 0 || (prior.whole != nullptr && prior.whole[b]);
+  bool has_blocked = false;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads_)
 #endif
@@ -76,15 +80,16 @@ void Round::run_batch(int64_t B, const int64_t* ids, const PriorPicksView& prior
     int64_t lo, hi;
     band(H, tid, nt, lo, hi);
     for (int64_t b = 0; b < B; ++b) {
+      if (skip[b]) {  // still scored when the pseudo-label histogram is wanted
+        if (th != nullptr) pass_a(b, lo, hi, tid, th);
+        continue;
+      }
 #ifdef _OPENMP
 #pragma omp single
 #endif
-      {
-        skip = quota_ <= 0 || (prior.whole != nullptr && prior.whole[b]);
-        has_blocked = !skip && block_prior(prior, b, H, W, radius_, blocked_.data());
-      }  // implicit barrier: every thread sees the same flags
-      if (!skip || th != nullptr) pass_a(b, lo, hi, tid, th);
-      if (skip) continue;
+      has_blocked = block_prior(prior, b, H, W, radius_, blocked_.data());
+      // (implicit barrier: every thread sees has_blocked; no thread still works on image b-1)
+      pass_a(b, lo, hi, tid, th);
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
