@@ -226,3 +226,30 @@ def test_whole_image_priors_are_skipped():
     assert _picks(sels["cpu"]) == _picks(sels["reference"])
     whole = set(states["cpu"].selection(1).image_ids.tolist())
     assert whole and not whole & set(sels["cpu"].image_ids.tolist())
+
+
+def test_portable_build_is_bit_identical_to_avx2():
+    # the ISA variants share one source; std::fma keeps them equal bit for bit
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, cbda, sys; sys.path.insert(0, 'tests'); from helpers import random_logits;"
+        "x = random_logits(2, 19, 9, 13, seed=3, dtype=torch.bfloat16);"
+        "s, l = cbda.score(x, 'ripu', 1, (29, 41), backend='cpu');"
+        "m, _ = cbda.score(x, 'margin', 1, (29, 41), backend='cpu');"
+        "torch.save((s, l, m), sys.argv[1])"
+    )
+    import os
+    import tempfile
+
+    outs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("0", "1"):
+            path = os.path.join(tmp, f"{flag}.pt")
+            env = {**os.environ, "CBDA_CPU_GENERIC": flag}
+            subprocess.run([sys.executable, "-c", code, path], check=True, env=env,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            outs.append(torch.load(path))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

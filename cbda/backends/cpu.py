@@ -10,6 +10,16 @@ that is selected back to exactly K whenever it passes 2K, raising the cut-off (t
 of the order (score desc, global index asc)): exact in one pass, memory O(K + one image).
 
 All tensors are allocated by torch here; the module gets their addresses (DESIGN §2).
+
+Agreement with the reference. The upsampled logits are bit-identical to ATen's CPU bilinear
+kernel (its fma order, reproduced with std::fma), so pseudo labels are identical. Scores are
+not bit-identical (about 86 % of ripu scores are, the rest differ by an ulp or two): exp/log
+are our own vectorisable polynomials (< 1 ulp) where torch uses SLEEF, and window sums run
+as running sums where the reference uses float64 integral images. Selections on identical
+score maps are exact; on logits, the picked set equals the reference's on typical inputs, and
+only picks whose scores tie to an ulp can trade places. Caveat: for outputs with H + W <= 128
+ATen switches to a channels-last kernel with another rounding order; labels still agree except
+at exact float near-ties of two classes.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 #include "score.h"
 
 #include <cmath>
+#include <cstdlib>
 
 namespace cbda {
 
@@ -70,7 +71,9 @@ void RowScratch::ensure(int64_t C, int64_t W, int64_t w) {
 
 bool have_avx2_fma() {
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // CBDA_CPU_GENERIC=1 forces the portable build (tests compare the two bit for bit)
+  static const bool ok = !(std::getenv("CBDA_CPU_GENERIC") && std::getenv("CBDA_CPU_GENERIC")[0] == '1') &&
+                         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 #else
   return false;
