@@ -1,9 +1,25 @@
-"""The ``cpu`` backend: C++/OpenMP kernels (cbda._cpu) on CPU tensors.
+"""The ``cpu`` backend: fused C++/OpenMP kernels (``cbda._cpu``) on CPU tensors.
 
-Selection runs the exact per-image greedy in C++ (partial sort of the prefix it needs). For
-``da``/``cbda`` the per-image sequences are merged into a candidate buffer that is trimmed
-back to exactly K whenever it passes 2K, raising a cut-off that later images' candidates
-must beat — memory O(K + one batch), exact in one pass.
+Per batch, one fused pass per image (threads split its rows) reads the logits at their own
+resolution, upsamples them bilinearly row by row (never materialised at full resolution),
+and computes softmax, entropy, pseudo label, the windowed RIPU statistics by running sums,
+the score, the class weight and the prior-blocked mask. Centres that are blocked or do not
+beat the round's cut-off are dropped inside the kernel; the rest go to the exact per-image
+greedy (partial sort of the prefix it needs). For ``da``/``cbda`` the picks join a buffer
+that is selected back to exactly K whenever it passes 2K, raising the cut-off (the K-th key
+of the order (score desc, global index asc)): exact in one pass, memory O(K + one image).
+
+All tensors are allocated by torch here; the module gets their addresses (DESIGN §2).
+
+Agreement with the reference. The upsampled logits are bit-identical to ATen's CPU bilinear
+kernel (its fma order, reproduced with std::fma), so pseudo labels are identical. Scores are
+not bit-identical (about 86 % of ripu scores are, the rest differ by an ulp or two): exp/log
+are our own vectorisable polynomials (< 1 ulp) where torch uses SLEEF, and window sums run
+as running sums where the reference uses float64 integral images. Selections on identical
+score maps are exact; on logits, the picked set equals the reference's on typical inputs, and
+only picks whose scores tie to an ulp can trade places. Caveat: for outputs with H + W <= 128
+ATen switches to a channels-last kernel with another rounding order; labels still agree except
+at exact float near-ties of two classes.
 """
 
 from __future__ import annotations
@@ -11,12 +27,15 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from ..reference import image_ranking, reference_score
-from ..reference.select import sort_picks
+from ..reference import image_ranking
 from .base import Picks, RoundAccumulator, RoundPlan
 from .reference import weighted
 
 NAME = "cpu"
+
+#: heuristic name -> kernel code (csrc/cpu/score.h)
+HEUR_CODES = {"ripu": 0, "ripu_pixel": 1, "entropy": 2, "margin": 3, "least_confidence": 4, "random": 5}
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
@@ -30,8 +49,42 @@ def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]
     return reasons
 
 
-def score(logits, spec, image_ids):
-    return reference_score(logits, spec, image_ids)
+def _threads() -> int:
+    # follow torch's intra-op setting, so torch.set_num_threads governs both
+    return max(1, torch.get_num_threads())
+
+
+def _check_size(h: int, w: int) -> None:
+    if h * w >= 2**32:
+        raise ValueError("image_size: H*W must be below 2^32 for the cpu backend")
+
+
+def _logits_args(logits: torch.Tensor):
+    """(address, dtype code, sizes, element strides) of a (B, C, h, w) tensor, any layout."""
+    return logits.data_ptr(), DTYPE_CODES[logits.dtype], tuple(logits.shape), tuple(logits.stride())
+
+
+def score(logits: torch.Tensor, spec, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused scores of a batch (``cbda.score(..., backend="cpu")``).
+
+    Args:
+        logits: (B, C, h, w) float32/bfloat16/float16 CPU tensor, any strides.
+        spec: ``cbda.scores.ScoreSpec``. image_ids: (B,) int64 (used by ``random``).
+    Returns:
+        scores (B, H, W) float32 and pseudo labels (B, H, W) int64.
+    """
+    mod = _native.load("_cpu")
+    b, _, h, w = logits.shape
+    hh, ww = spec.out_size or (h, w)
+    _check_size(hh, ww)
+    scores = torch.empty((b, hh, ww), dtype=torch.float32)
+    labels = torch.empty((b, hh, ww), dtype=torch.int64)
+    if b == 0 or hh * ww == 0:
+        return scores, labels
+    ids = image_ids.to(torch.int64).contiguous()
+    mod.score_maps(*_logits_args(logits), ids.data_ptr(), HEUR_CODES[spec.heuristic], spec.radius, hh, ww,
+                   spec.seed & (2**64 - 1), scores.data_ptr(), labels.data_ptr(), _threads())
+    return scores, labels
 
 
 def max_picks_per_image(h: int, w: int, radius: int) -> int:
@@ -40,108 +93,68 @@ def max_picks_per_image(h: int, w: int, radius: int) -> int:
     return -(-h // k) * -(-w // k)
 
 
-def greedy_batch(
-    scores: torch.Tensor, image_ids: torch.Tensor, prior, radius: int, quota: int,
-    cutoff: tuple[float, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the C++ greedy on a batch of float32 score maps.
+class _Prior:
+    """The CSR arrays of a ``PriorPicks`` as contiguous CPU tensors kept alive for the call."""
 
-    Args:
-        scores: (B, H, W) float32 CPU (weighted). image_ids: (B,) int64.
-        prior: cbda.state.PriorPicks for these images.
-        quota: picks per image at most.
-        cutoff: (score, global index) that candidates must beat, or None.
-    Returns:
-        (b, y, x) int64 of all picks, per image in greedy order.
-    """
-    mod = _native.load("_cpu")
-    b, h, w = scores.shape
-    if h * w >= 2**32:
-        raise ValueError("image_size: H*W must be below 2^32 for the cpu backend")
-    quota = max(0, min(int(quota), max_picks_per_image(h, w, radius)))
-    scores = scores.to(torch.float32).contiguous()
-    ids = image_ids.to(torch.int64).contiguous()
-    offsets = prior.offsets.to(torch.int64).contiguous()
-    pys = prior.ys.to(torch.int64).contiguous()
-    pxs = prior.xs.to(torch.int64).contiguous()
-    prad = prior.radii.to(torch.int64).contiguous()
-    whole = prior.whole_image.to(torch.uint8).contiguous()
-    out_pix = torch.empty((b, max(quota, 1)), dtype=torch.int64)
-    out_count = torch.zeros(b, dtype=torch.int64)
-    cs, cg = cutoff if cutoff is not None else (0.0, 0)
-    mod.greedy_select(
-        scores.data_ptr(), ids.data_ptr(), b, h, w, radius,
-        offsets.data_ptr(), pys.data_ptr(), pxs.data_ptr(), prad.data_ptr(), whole.data_ptr(),
-        quota, cutoff is not None, float(cs), int(cg), out_pix.data_ptr(), out_count.data_ptr(),
-    )
-    mask = torch.arange(out_pix.shape[1]).unsqueeze(0) < out_count.unsqueeze(1)
-    bi = torch.arange(b).unsqueeze(1).expand_as(out_pix)[mask]
-    pix = out_pix[mask]
-    return bi, pix // w, pix % w
+    def __init__(self, prior):
+        self.t = [prior.offsets.to(torch.int64).contiguous(), prior.ys.to(torch.int64).contiguous(),
+                  prior.xs.to(torch.int64).contiguous(), prior.radii.to(torch.int64).contiguous(),
+                  prior.whole_image.to(torch.uint8).contiguous()]
+
+    def ptrs(self):
+        return [t.data_ptr() for t in self.t]
 
 
 class CpuRound(RoundAccumulator):
+    """Streaming round on the C++ ``Round`` (region strategies) or score maps (``image``)."""
+
     def __init__(self, plan: RoundPlan):
         self.plan = plan
-        self.parts: list[Picks] = []
-        self.buffer: Picks | None = None
-        self.buffered = 0
-        self.cutoff: tuple[float, int] | None = None
         self.counts: torch.Tensor | None = None
+        self.weights = plan.class_weights.to(torch.float32).contiguous() if plan.class_weights is not None else None
         self.means: list[torch.Tensor] = []
         self.ids: list[torch.Tensor] = []
         self.whole: list[torch.Tensor] = []
+        self.native = None
+        if plan.scope != "image":
+            h, w = plan.image_size
+            _check_size(h, w)
+            if plan.scope == "per_image":
+                quota, total = plan.per_image, -1
+            else:
+                quota, total = plan.total, plan.total
+            quota = max(0, min(int(quota or 0), max_picks_per_image(h, w, plan.radius)))
+            self.native = _native.load("_cpu").Round(h, w, plan.radius, quota, int(total), _threads())
 
-    def _score(self, image_ids, logits, scores, labels):
-        if logits is not None:
-            scores, labels = reference_score(logits, self.plan.spec, image_ids)
-            hist = torch.bincount(labels.flatten(), minlength=logits.shape[1])
-            self.counts = hist if self.counts is None else self.counts + hist
-        return weighted(scores.to(torch.float32), labels, self.plan.class_weights), labels
+    def _hist(self, c: int) -> torch.Tensor:
+        if self.counts is None:
+            self.counts = torch.zeros(c, dtype=torch.int64)
+        return self.counts
 
     def add(self, image_ids, prior, logits=None, scores=None, labels=None):
         plan = self.plan
-        scores, labels = self._score(image_ids, logits, scores, labels)
+        ids = image_ids.to(torch.int64).contiguous()
         if plan.scope == "image":
-            self.means.append(scores.mean(dim=(1, 2)))
+            if logits is not None:
+                scores, labels = score(logits, plan.spec, ids)
+                self._hist(logits.shape[1]).add_(torch.bincount(labels.flatten(), minlength=logits.shape[1]))
+            s = weighted(scores.to(torch.float32), labels, self.weights)
+            self.means.append(s.mean(dim=(1, 2)))
             self.ids.append(image_ids)
             self.whole.append(prior.whole_image)
             return
-        h, w = plan.image_size
-        quota = plan.per_image if plan.scope == "per_image" else plan.total
-        bi, ys, xs = greedy_batch(scores, image_ids, prior, plan.radius, quota, self.cutoff)
-        lab = labels[bi, ys, xs] if labels is not None else torch.zeros_like(ys)
-        part = Picks(image_ids[bi], ys, xs, scores[bi, ys, xs], lab)
-        if plan.scope == "per_image":
-            self.parts.append(part)
-            return
-        self.parts.append(part)
-        self.buffered += len(part.ys)
-        if self.buffered > 2 * plan.total:
-            self._trim()
-
-    def _merged(self) -> Picks:
-        parts = self.parts
-        if not parts:
-            return Picks.empty()
-        return Picks(*(torch.cat([getattr(p, f) for p in parts]) for f in ("image_ids", "ys", "xs", "scores", "classes")))
-
-    def _ordered(self, picks: Picks, limit: int | None) -> Picks:
-        h, w = self.plan.image_size
-        perm = sort_picks(picks.scores, picks.image_ids * (h * w) + picks.ys * w + picks.xs)
-        if limit is not None:
-            perm = perm[:limit]
-        return Picks(picks.image_ids[perm], picks.ys[perm], picks.xs[perm], picks.scores[perm], picks.classes[perm])
-
-    def _trim(self):
-        """Select the buffer back to exactly K and raise the cut-off to the K-th key."""
-        k = self.plan.total
-        top = self._ordered(self._merged(), k)
-        self.parts = [top]
-        self.buffered = len(top.ys)
-        if self.buffered >= k and k > 0:
-            h, w = self.plan.image_size
-            self.cutoff = (float(top.scores[-1]), int(top.image_ids[-1] * (h * w) + top.ys[-1] * w + top.xs[-1]))
+        pr = _Prior(prior)
+        wptr = self.weights.data_ptr() if self.weights is not None else 0
+        if logits is not None:
+            spec = plan.spec
+            hist = self._hist(logits.shape[1])
+            self.native.add_logits(*_logits_args(logits), ids.data_ptr(), HEUR_CODES[spec.heuristic], spec.radius,
+                                   spec.seed & (2**64 - 1), wptr, *pr.ptrs(), hist.data_ptr())
+        else:
+            s = scores.to(torch.float32).contiguous()
+            lab = labels.to(torch.int64).contiguous() if labels is not None else None
+            self.native.add_scores(s.data_ptr(), lab.data_ptr() if lab is not None else 0, s.shape[0], ids.data_ptr(),
+                                   wptr if lab is not None else 0, *pr.ptrs())
 
     def finish(self) -> Picks:
         plan = self.plan
@@ -154,9 +167,12 @@ class CpuRound(RoundAccumulator):
             m1 = torch.full_like(chosen, -1)
             sc = torch.tensor([lookup[i] for i in chosen.tolist()], dtype=torch.float32)
             return Picks(chosen, m1, m1.clone(), sc, m1.clone(), self.counts)
-        out = self._ordered(self._merged(), plan.total if plan.scope == "global" else None)
-        out.predicted_counts = self.counts
-        return out
+        n = self.native.finish_size()
+        out = [torch.empty(n, dtype=torch.int64) for _ in range(3)]
+        sc = torch.empty(n, dtype=torch.float32)
+        cl = torch.empty(n, dtype=torch.int64)
+        self.native.finish(out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), sc.data_ptr(), cl.data_ptr())
+        return Picks(out[0], out[1], out[2], sc, cl, self.counts)
 
 
 def open_round(plan: RoundPlan) -> RoundAccumulator:

@@ -18,18 +18,6 @@
 namespace cbda {
 namespace {
 
-struct Cand {
-  float score;
-  uint32_t pix;  // y*W+x; H*W < 2^32 is checked in Python
-};
-
-// (score desc, pixel asc); -0.0 == +0.0 under float comparison, as the spec requires.
-inline bool better(const Cand& a, const Cand& b) {
-  if (a.score > b.score) return true;
-  if (a.score < b.score) return false;
-  return a.pix < b.pix;
-}
-
 inline void block_box(uint8_t* blocked, int64_t H, int64_t W, int64_t y, int64_t x, int64_t reach) {
   const int64_t y0 = std::max<int64_t>(0, y - reach), y1 = std::min<int64_t>(H - 1, y + reach);
   const int64_t x0 = std::max<int64_t>(0, x - reach), x1 = std::min<int64_t>(W - 1, x + reach);
@@ -38,29 +26,19 @@ inline void block_box(uint8_t* blocked, int64_t H, int64_t W, int64_t y, int64_t
 
 }  // namespace
 
-int64_t greedy_select_image(const float* scores, int64_t image_id, int64_t H, int64_t W,
-                            int64_t radius, const PriorPicksView& prior, int64_t b,
-                            int64_t quota, Cutoff cutoff, int64_t* out_pix, uint8_t* blocked) {
-  const int64_t n = H * W;
-  if (quota <= 0 || (prior.whole != nullptr && prior.whole[b])) return 0;
-  std::fill(blocked, blocked + n, 0);
-  if (prior.offsets != nullptr) {
-    for (int64_t p = prior.offsets[b]; p < prior.offsets[b + 1]; ++p)
-      block_box(blocked, H, W, prior.ys[p], prior.xs[p], prior.radii[p] + radius);
-  }
-  // Candidates: unblocked centres that beat the cut-off.
-  std::vector<Cand> cand;
-  cand.reserve(static_cast<size_t>(cutoff.active ? std::min<int64_t>(n, 4 * quota + 1024) : n));
-  const int64_t base = image_id * n;
-  for (int64_t i = 0; i < n; ++i) {
-    if (blocked[i]) continue;
-    const float s = scores[i];
-    if (cutoff.active) {
-      if (s < cutoff.score) continue;
-      if (s == cutoff.score && base + i >= cutoff.gidx) continue;
-    }
-    cand.push_back({s, static_cast<uint32_t>(i)});
-  }
+bool block_prior(const PriorPicksView& prior, int64_t b, int64_t H, int64_t W, int64_t radius,
+                 uint8_t* blocked) {
+  if (prior.offsets == nullptr || prior.offsets[b] == prior.offsets[b + 1]) return false;
+  std::fill(blocked, blocked + H * W, 0);
+  for (int64_t p = prior.offsets[b]; p < prior.offsets[b + 1]; ++p)
+    block_box(blocked, H, W, prior.ys[p], prior.xs[p], prior.radii[p] + radius);
+  return true;
+}
+
+int64_t greedy_candidates(std::vector<Cand>& cand, int64_t H, int64_t W, int64_t radius,
+                          int64_t quota, bool has_blocked, uint8_t* blocked, int64_t* out_pix,
+                          float* out_score) {
+  if (!has_blocked) std::fill(blocked, blocked + H * W, 0);
   const int64_t total = static_cast<int64_t>(cand.size());
   const int64_t reach = 2 * radius;
   int64_t count = 0, lo = 0;
@@ -74,13 +52,34 @@ int64_t greedy_select_image(const float* scores, int64_t image_id, int64_t H, in
     for (int64_t k = lo; k < hi && count < quota; ++k) {
       const uint32_t pix = cand[k].pix;
       if (blocked[pix]) continue;
+      if (out_score != nullptr) out_score[count] = cand[k].score;
       out_pix[count++] = pix;
-      block_box(blocked, H, W, pix / W, pix % W, reach);
+      if (reach > 0) block_box(blocked, H, W, pix / W, pix % W, reach);
+      else blocked[pix] = 1;
     }
     lo = hi;
     chunk *= 2;
   }
   return count;
+}
+
+int64_t greedy_select_image(const float* scores, int64_t image_id, int64_t H, int64_t W,
+                            int64_t radius, const PriorPicksView& prior, int64_t b,
+                            int64_t quota, Cutoff cutoff, int64_t* out_pix, uint8_t* blocked) {
+  const int64_t n = H * W;
+  if (quota <= 0 || (prior.whole != nullptr && prior.whole[b])) return 0;
+  const bool has_blocked = block_prior(prior, b, H, W, radius, blocked);
+  // Candidates: unblocked centres that beat the cut-off.
+  std::vector<Cand> cand;
+  cand.reserve(static_cast<size_t>(cutoff.active ? std::min<int64_t>(n, 4 * quota + 1024) : n));
+  const int64_t base = image_id * n;
+  for (int64_t i = 0; i < n; ++i) {
+    if (has_blocked && blocked[i]) continue;
+    const float s = scores[i];
+    if (cutoff.active && !cutoff.beaten_by(s, base + i)) continue;
+    cand.push_back({s, static_cast<uint32_t>(i)});
+  }
+  return greedy_candidates(cand, H, W, radius, quota, has_blocked, blocked, out_pix);
 }
 
 void greedy_select_batch(const float* scores, const int64_t* image_ids, int64_t B, int64_t H,
