@@ -220,7 +220,9 @@ WORLDS = [2, 3]
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_distributed_rounds_equal_single_process(world, strategy, backend):
     runs = _run(world)
-    want, want_state = _multi_round(ALL, strategy, "reference", False)
+    # the same backend in one process (the cpu backend's scores may differ from the
+    # reference's in the last float bit, which can reorder near-ties)
+    want, want_state = _multi_round(ALL, strategy, backend, False)
     for r in range(world):
         got, got_state = runs[r]["multi", strategy, backend]
         assert got == want, f"rank {r}"
@@ -245,7 +247,7 @@ def test_distributed_ties_across_ranks(world, strategy):
 @pytest.mark.parametrize("strategy", ["da", "cbda"])
 def test_distributed_threshold_search_is_exact(world, strategy):
     runs = _run(world)
-    want_multi = _multi_round(ALL, strategy, "reference", False)
+    want_multi = _multi_round(ALL, strategy, BACKENDS[-1], False)
     want_ties = _ties(ALL, strategy, "reference", False)
     for r in range(world):
         assert runs[r]["multi_thr", strategy] == want_multi, f"rank {r}"

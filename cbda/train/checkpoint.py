@@ -28,7 +28,7 @@ def set_rng_states(states: dict) -> None:
 def save(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 

@@ -39,6 +39,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group: a barrier first, so that no rank tears gloo down while another
+    is still inside a collective (which aborts the process), then destroy the group."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (in place; returned). Gloo/NCCL-agnostic: CPU int64 ok on gloo."""
     if is_distributed():

@@ -31,7 +31,7 @@ def _clean(obj):
 
 def write_json(path: str | Path, data) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(_clean(data), indent=2))
     os.replace(tmp, path)
 

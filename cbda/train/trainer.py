@@ -401,6 +401,7 @@ def train(cfg: dict, work_dir: str | Path, resume=False, progress: bool = True, 
         write_json(Path(work_dir) / "metrics.json", metrics)
         if not quiet:
             print(format_results(metrics), flush=True)
+    dist_utils.shutdown()
     return metrics
 
 
@@ -418,4 +419,5 @@ def evaluate_checkpoint(cfg: dict, work_dir: str | Path, checkpoint: str | Path 
         write_json(Path(work_dir) / "metrics.json", trainer.metrics)
         if not quiet:
             print(format_results(trainer.metrics), flush=True)
+    dist_utils.shutdown()
     return trainer.metrics

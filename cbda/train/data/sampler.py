@@ -7,6 +7,7 @@ also keeps them correct under DataLoader prefetching, which draws batches ahead 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,7 +28,8 @@ def class_presence(num_images: int, read_gt: Callable[[int], np.ndarray], num_cl
         classes.append([int(c) for c in present if c < num_classes])
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache) + ".tmp")
+        # one temporary name per process: under torchrun every rank may build the cache at once
+        tmp = Path(f"{cache}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps({"key": key, "num_classes": num_classes, "classes": classes}))
         tmp.replace(cache)
     return classes
