@@ -8,7 +8,7 @@ import torch
 
 from ..scores import ScoreSpec
 
-__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES"]
+__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES", "image_picks"]
 
 #: strategy -> (selection scope, class balanced)
 STRATEGIES = {
@@ -67,6 +67,23 @@ class Picks:
     def empty() -> "Picks":
         e = torch.empty(0, dtype=torch.int64)
         return Picks(e, e.clone(), e.clone(), torch.empty(0, dtype=torch.float32), e.clone())
+
+
+def image_picks(ids: list[torch.Tensor], means: list[torch.Tensor], whole: list[torch.Tensor],
+                count: int, predicted_counts: torch.Tensor | None) -> Picks:
+    """Picks of the ``image`` strategy from per-batch image ids, mean scores and whole-image
+    flags (all (B,) CPU or device tensors): the ``count`` best images, ys = xs = classes = -1."""
+    from ..reference import image_ranking
+
+    if not ids:
+        return Picks.empty()
+    all_ids = torch.cat([i.cpu() for i in ids])
+    all_means = torch.cat([m.cpu() for m in means])
+    chosen = image_ranking(all_means, all_ids, count, torch.cat([w.cpu() for w in whole]))
+    lookup = dict(zip(all_ids.tolist(), all_means.tolist()))
+    m1 = torch.full_like(chosen, -1)
+    sc = torch.tensor([lookup[i] for i in chosen.tolist()], dtype=torch.float32)
+    return Picks(chosen, m1, m1.clone(), sc, m1.clone(), predicted_counts)
 
 
 class RoundAccumulator:

@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from ..reference import image_ranking
-from .base import Picks, RoundAccumulator, RoundPlan
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks
 from .reference import weighted
 
 NAME = "cpu"
@@ -159,14 +158,7 @@ class CpuRound(RoundAccumulator):
     def finish(self) -> Picks:
         plan = self.plan
         if plan.scope == "image":
-            if not self.ids:
-                return Picks.empty()
-            ids, means = torch.cat(self.ids), torch.cat(self.means)
-            chosen = image_ranking(means, ids, plan.total, torch.cat(self.whole))
-            lookup = dict(zip(ids.tolist(), means.tolist()))
-            m1 = torch.full_like(chosen, -1)
-            sc = torch.tensor([lookup[i] for i in chosen.tolist()], dtype=torch.float32)
-            return Picks(chosen, m1, m1.clone(), sc, m1.clone(), self.counts)
+            return image_picks(self.ids, self.means, self.whole, plan.total, self.counts)
         n = self.native.finish_size()
         out = [torch.empty(n, dtype=torch.int64) for _ in range(3)]
         sc = torch.empty(n, dtype=torch.float32)

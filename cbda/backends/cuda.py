@@ -30,7 +30,7 @@ import torch
 from .. import _native
 from ..errors import InputError
 from ..scores import RIPU_PIXEL_RADIUS, ScoreSpec
-from .base import Picks, RoundAccumulator, RoundPlan
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks
 from .reference import weighted
 
 NAME = "cuda"
@@ -375,16 +375,7 @@ class CudaRound(RoundAccumulator):
         plan = self.plan
         counts = self.counts.cpu() if self.counts is not None else None
         if plan.scope == "image":
-            from ..reference import image_ranking
-
-            if not self.ids:
-                return Picks.empty()
-            ids, means = torch.cat(self.ids), torch.cat(self.means)
-            chosen = image_ranking(means, ids, plan.total, torch.cat(self.whole))
-            lookup = dict(zip(ids.tolist(), means.tolist()))
-            m1 = torch.full_like(chosen, -1)
-            sc = torch.tensor([lookup[i] for i in chosen.tolist()], dtype=torch.float32)
-            return Picks(chosen, m1, m1.clone(), sc, m1.clone(), counts)
+            return image_picks(self.ids, self.means, self.whole, plan.total, counts)
         out = self._ordered(plan.total if plan.scope == "global" else None)
         if out is None:
             p = Picks.empty()

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import Picks, RoundAccumulator, RoundPlan
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -177,16 +177,7 @@ class TritonRound(RoundAccumulator):
         plan = self.plan
         counts = self.counts.cpu() if self.counts is not None else None
         if plan.scope == "image":
-            from ..reference import image_ranking
-
-            if not self.ids:
-                return Picks.empty()
-            ids, means = torch.cat(self.ids), torch.cat([m.cpu() for m in self.means])
-            chosen = image_ranking(means, ids, plan.total, torch.cat(self.whole))
-            lookup = dict(zip(ids.tolist(), means.tolist()))
-            m1 = torch.full_like(chosen, -1)
-            sc = torch.tensor([lookup[i] for i in chosen.tolist()], dtype=torch.float32)
-            return Picks(chosen, m1, m1.clone(), sc, m1.clone(), counts)
+            return image_picks(self.ids, self.means, self.whole, plan.total, counts)
         if self.buffer is None:
             out = Picks.empty()
             out.predicted_counts = counts
