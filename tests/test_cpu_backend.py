@@ -228,28 +228,30 @@ def test_whole_image_priors_are_skipped():
     assert whole and not whole & set(sels["cpu"].image_ids.tolist())
 
 
-def test_portable_build_is_bit_identical_to_avx2():
+def test_portable_build_is_bit_identical_to_avx2(tmp_path):
     # the ISA variants share one source; std::fma keeps them equal bit for bit
+    import os
     import subprocess
     import sys
 
+    import cbda
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
     code = (
-        "import torch, cbda, sys; sys.path.insert(0, 'tests'); from helpers import random_logits;"
+        f"import torch, cbda, sys; sys.path.insert(0, {tests_dir!r}); from helpers import random_logits;"
         "x = random_logits(2, 19, 9, 13, seed=3, dtype=torch.bfloat16);"
         "s, l = cbda.score(x, 'ripu', 1, (29, 41), backend='cpu');"
         "m, _ = cbda.score(x, 'margin', 1, (29, 41), backend='cpu');"
         "torch.save((s, l, m), sys.argv[1])"
     )
-    import os
-    import tempfile
-
+    # the child must import the cbda under test (installed or in-tree), never another copy:
+    # run it outside the repository with that cbda's parent first on the path
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(cbda.__file__)))
     outs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for flag in ("0", "1"):
-            path = os.path.join(tmp, f"{flag}.pt")
-            env = {**os.environ, "CBDA_CPU_GENERIC": flag}
-            subprocess.run([sys.executable, "-c", code, path], check=True, env=env,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            outs.append(torch.load(path))
+    for flag in ("0", "1"):
+        path = str(tmp_path / f"{flag}.pt")
+        env = {**os.environ, "CBDA_CPU_GENERIC": flag, "PYTHONPATH": pkg_parent}
+        subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=str(tmp_path))
+        outs.append(torch.load(path))
     for a, b in zip(*outs):
         assert torch.equal(a, b)

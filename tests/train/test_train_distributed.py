@@ -33,7 +33,8 @@ def test_distributed_acquisition_in_trainer_equals_single_process(tiny_data, tin
     env = dict(os.environ, PYTHONPATH=str(Path(cbda.__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cbda.train", "train", "--config", "demo", "--work-dir", str(multi), "--no-progress", *ov]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # outside the repository, so that `-m` imports the cbda under test, not the source tree
+    proc = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     a = cbda.ActiveLabelState.load(single / "active_state.pt").picks()
