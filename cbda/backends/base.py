@@ -8,7 +8,7 @@ import torch
 
 from ..scores import ScoreSpec
 
-__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES", "image_picks"]
+__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES", "image_picks", "max_picks_per_image"]
 
 #: strategy -> (selection scope, class balanced)
 STRATEGIES = {
@@ -67,6 +67,12 @@ class Picks:
     def empty() -> "Picks":
         e = torch.empty(0, dtype=torch.int64)
         return Picks(e, e.clone(), e.clone(), torch.empty(0, dtype=torch.float32), e.clone())
+
+
+def max_picks_per_image(h: int, w: int, radius: int) -> int:
+    """Centres pairwise more than 2r apart (Chebyshev): at most ceil(H/(2r+1))·ceil(W/(2r+1))."""
+    k = 2 * radius + 1
+    return -(-h // k) * -(-w // k)
 
 
 def image_picks(ids: list[torch.Tensor], means: list[torch.Tensor], whole: list[torch.Tensor],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
 from .reference import weighted
 
 NAME = "cpu"
@@ -85,11 +85,6 @@ def score(logits: torch.Tensor, spec, image_ids: torch.Tensor) -> tuple[torch.Te
                    spec.seed & (2**64 - 1), scores.data_ptr(), labels.data_ptr(), _threads())
     return scores, labels
 
-
-def max_picks_per_image(h: int, w: int, radius: int) -> int:
-    """Centres pairwise more than 2r apart (Chebyshev): at most ceil(H/(2r+1))·ceil(W/(2r+1))."""
-    k = 2 * radius + 1
-    return -(-h // k) * -(-w // k)
 
 
 class _Prior:

@@ -30,7 +30,7 @@ import torch
 from .. import _native
 from ..errors import InputError
 from ..scores import RIPU_PIXEL_RADIUS, ScoreSpec
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
 from .reference import weighted
 
 NAME = "cuda"
@@ -174,11 +174,6 @@ def score(logits, spec, image_ids):
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-
-def max_picks_per_image(h: int, w: int, radius: int) -> int:
-    """Centres pairwise more than 2r apart (Chebyshev): at most ceil(H/(2r+1))·ceil(W/(2r+1))."""
-    k = 2 * radius + 1
-    return -(-h // k) * -(-w // k)
 
 
 def pick_order(scores: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:

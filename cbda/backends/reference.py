@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import image_ranking, reference_score, select_regions
-from .base import Picks, RoundAccumulator, RoundPlan
+from ..reference import reference_score, select_regions
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks
 
 NAME = "reference"
 
@@ -61,12 +61,7 @@ class ReferenceRound(RoundAccumulator):
         labels = torch.cat(self.labels)
         plan = self.plan
         if plan.scope == "image":
-            chosen = image_ranking(scores.mean(dim=(1, 2)), ids, plan.total, torch.cat(self.whole))
-            pos = {int(i): k for k, i in enumerate(ids.tolist())}
-            means = scores.mean(dim=(1, 2))
-            sel_scores = torch.stack([means[pos[int(i)]] for i in chosen]) if len(chosen) else torch.empty(0)
-            m1 = torch.full_like(chosen, -1)
-            return Picks(chosen, m1, m1.clone(), sel_scores.to(torch.float32), m1.clone(), self.counts)
+            return image_picks([ids], [scores.mean(dim=(1, 2))], self.whole, plan.total, self.counts)
         out = select_regions(
             scores, labels, ids, torch.cat(self.blocked), plan.radius,
             plan.per_image if plan.scope == "per_image" else None,

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks
+from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -146,7 +146,7 @@ class TritonRound(RoundAccumulator):
 
     def _greedy(self, c_s, c_li, c_lab, b, quota):
         """Per-image greedy over the candidates; returns the picks padded with -inf."""
-        from ..triton.greedy import greedy_scan, max_picks_per_image
+        from ..triton.greedy import greedy_scan
         from ..triton.topk import desc_score_key
 
         plan = self.plan

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["greedy_scan", "max_picks_per_image"]
+__all__ = ["greedy_scan"]
 
 
 @triton.jit
@@ -83,11 +83,6 @@ def greedy_scan_kernel(
         pos += CH
     tl.store(out_count + b, count)
 
-
-def max_picks_per_image(h: int, w: int, radius: int) -> int:
-    """Centres pairwise more than 2r apart: at most ceil(H/(2r+1))·ceil(W/(2r+1))."""
-    k = 2 * radius + 1
-    return -(-h // k) * -(-w // k)
 
 
 def greedy_scan(

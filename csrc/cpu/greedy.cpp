@@ -11,10 +11,6 @@
 #include <algorithm>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace cbda {
 namespace {
 
@@ -61,45 +57,6 @@ int64_t greedy_candidates(std::vector<Cand>& cand, int64_t H, int64_t W, int64_t
     chunk *= 2;
   }
   return count;
-}
-
-int64_t greedy_select_image(const float* scores, int64_t image_id, int64_t H, int64_t W,
-                            int64_t radius, const PriorPicksView& prior, int64_t b,
-                            int64_t quota, Cutoff cutoff, int64_t* out_pix, uint8_t* blocked) {
-  const int64_t n = H * W;
-  if (quota <= 0 || (prior.whole != nullptr && prior.whole[b])) return 0;
-  const bool has_blocked = block_prior(prior, b, H, W, radius, blocked);
-  // Candidates: unblocked centres that beat the cut-off.
-  std::vector<Cand> cand;
-  cand.reserve(static_cast<size_t>(cutoff.active ? std::min<int64_t>(n, 4 * quota + 1024) : n));
-  const int64_t base = image_id * n;
-  for (int64_t i = 0; i < n; ++i) {
-    if (has_blocked && blocked[i]) continue;
-    const float s = scores[i];
-    if (cutoff.active && !cutoff.beaten_by(s, base + i)) continue;
-    cand.push_back({s, static_cast<uint32_t>(i)});
-  }
-  return greedy_candidates(cand, H, W, radius, quota, has_blocked, blocked, out_pix);
-}
-
-void greedy_select_batch(const float* scores, const int64_t* image_ids, int64_t B, int64_t H,
-                         int64_t W, int64_t radius, const PriorPicksView& prior, int64_t quota,
-                         Cutoff cutoff, int64_t* out_pix, int64_t* out_count, int num_threads) {
-  const int64_t n = H * W;
-#ifdef _OPENMP
-  if (num_threads <= 0) num_threads = omp_get_max_threads();
-#pragma omp parallel num_threads(num_threads)
-#endif
-  {
-    std::vector<uint8_t> blocked(static_cast<size_t>(n));
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t b = 0; b < B; ++b) {
-      out_count[b] = greedy_select_image(scores + b * n, image_ids[b], H, W, radius, prior, b,
-                                         quota, cutoff, out_pix + b * quota, blocked.data());
-    }
-  }
 }
 
 }  // namespace cbda

@@ -6,6 +6,7 @@
 // the SLEEF u10 routines PyTorch uses; the two are not bit-identical, which is why scores
 // are compared with a tolerance (1e-5 relative, 1e-6 absolute) and not bit for bit.
 #pragma once
+#include "common/mix32.h"
 #include <cstdint>
 #include <cstring>
 
@@ -76,15 +77,5 @@ inline float f16_to_f32(uint16_t h) {
 }
 
 }  // namespace math
-
-// murmur3's 32-bit finaliser: the hash chain of the random heuristic (cbda.scores.mix32).
-inline uint32_t mix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  return h;
-}
 
 }  // namespace cbda

@@ -3,6 +3,7 @@
 // 64-bit candidate key and the seeded hash. No torch headers (DESIGN §2).
 #pragma once
 
+#include "common/mix32.h"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -133,14 +134,6 @@ __device__ __forceinline__ PixelStats pixel_stats(const T* __restrict__ img, int
 }
 
 // ---- seeded random heuristic: the mix32 chain of cbda.scores.random_scores ---------------
-__host__ __device__ __forceinline__ uint32_t mix32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  return h;
-}
 
 // seed_hash = mix32(seed mod 2^32), computed once on the host.
 __device__ __forceinline__ float random_score(uint32_t seed_hash, int64_t image_id, int64_t pix) {

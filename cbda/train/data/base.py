@@ -25,6 +25,20 @@ def require_dir(path: Path, dataset: str, layout: str, config_key: str) -> Path:
     return path
 
 
+def paired_files(root: Path, image_dir: str, label_dir: str, dataset: str, layout: str,
+                 config_key: str) -> tuple[list[Path], list[Path]]:
+    """(images, labels) of a flat layout where each `<image_dir>/X.png` has its label at
+    `<label_dir>/X.png` (GTAV, SYNTHIA): images sorted by name, those without a label skipped.
+    Raises DatasetNotFoundError naming the folder, the layout and the config key."""
+    img_dir = require_dir(root / image_dir, dataset, layout, config_key)
+    lbl_dir = require_dir(root / label_dir, dataset, layout, config_key)
+    images = [p for p in sorted(img_dir.glob("*.png")) if (lbl_dir / p.name).is_file()]
+    if not images:
+        raise DatasetNotFoundError(f"{dataset}: no image with a matching label under {root} "
+                                   f"(expected {layout}); set `{config_key}`.")
+    return images, [lbl_dir / p.name for p in images]
+
+
 class SegmentationFiles(Dataset):
     """A list of (image, label) files with a label-id map.
 

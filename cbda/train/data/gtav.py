@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetNotFoundError, SegmentationFiles, require_dir
+from .base import SegmentationFiles, paired_files
 from .imageio import read_label
 from .labels import cityscapes_lut
 
@@ -17,14 +17,8 @@ class GTAV(SegmentationFiles):
 
     def __init__(self, root: str | Path, size=None, num_classes: int = 19, with_labels: bool = True, label_size="image",
                  config_key: str = "data.source_root"):
-        root = Path(root)
-        img_dir = require_dir(root / "images", "GTAV", LAYOUT, config_key)
-        lbl_dir = require_dir(root / "labels", "GTAV", LAYOUT, config_key)
-        images = [p for p in sorted(img_dir.glob("*.png")) if (lbl_dir / p.name).is_file()]
-        if not images:
-            raise DatasetNotFoundError(f"GTAV: no image with a matching label under {root} "
-                                       f"(expected {LAYOUT}); set `{config_key}`.")
-        super().__init__(images, [lbl_dir / p.name for p in images], size, with_labels, label_size)
+        images, labels = paired_files(Path(root), "images", "labels", "GTAV", LAYOUT, config_key)
+        super().__init__(images, labels, size, with_labels, label_size)
         self.lut = cityscapes_lut(num_classes)
 
     def read_gt(self, index: int) -> np.ndarray:
