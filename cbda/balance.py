@@ -4,13 +4,15 @@ imbalance score (Eq. 4)."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .errors import InputError
 
-__all__ = ["class_weights", "imbalance_score", "uniform_goal", "check_goal"]
+__all__ = ["class_weights", "imbalance_score", "uniform_goal", "check_goal", "check_fraction"]
 
 
 def uniform_goal(num_classes: int) -> torch.Tensor:
@@ -30,11 +32,17 @@ def check_goal(goal, num_classes: int) -> torch.Tensor:
     return g / g.sum()
 
 
-def _check_fraction(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a number in (0, 1], got {value!r}") from None
+def check_fraction(name: str, value) -> float:
+    """A number in (0, 1]: a real number or a one-element real tensor/array. Strings and bools are
+    refused (``"0.05"`` and ``True`` would otherwise pass ``float()`` as 0.05 and 1.0)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    elif isinstance(value, np.ndarray):
+        ok = value.size == 1 and value.dtype.kind in "iuf"
+    if not ok:
+        raise InputError(f"{name}: expected a number in (0, 1] (e.g. 0.05), got {type(value).__name__} {value!r}")
+    v = float(value)
     if not (0.0 < v <= 1.0):
         raise InputError(f"{name}: expected a fraction in (0, 1], got {value!r}")
     return v
@@ -74,7 +82,7 @@ def class_weights(
         raise InputError("labelled_counts: expected finite non-negative counts")
     if int(num_pixels) <= 0:
         raise InputError(f"num_pixels: expected N·H·W > 0, got {num_pixels!r}")
-    b = _check_fraction("budget", budget)
+    b = check_fraction("budget", budget)
     rounds = int(rounds)
     if rounds < 1:
         raise InputError(f"rounds: expected an integer >= 1, got {rounds}")

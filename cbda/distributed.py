@@ -2,8 +2,8 @@
 global selection, every rank ends with the same picks.
 
 Why a merge of local results is exact: blocking never crosses images, and every accumulator's
-``finish()`` returns the picks of the images it saw in DESIGN §1's order (score desc, global
-index asc). So for ``da``/``cbda`` the global top-K is contained in the union of the ranks'
+``finish()`` returns the picks of the images it saw in the order of docs/semantics.md (score
+desc, global index asc). So for ``da``/``cbda`` the global top-K is contained in the union of the ranks'
 local top-K; for ``ra``/``cbra`` the per-image picks are already final; for ``image`` the
 global top-n images are contained in the union of the local top-n. The round therefore ends
 with one header exchange (success, sizes, a fingerprint of the round's configuration), one
@@ -23,7 +23,9 @@ with any ``torch.distributed`` backend (gloo on the CPU; NCCL with the current C
     cbda.distributed.label_from_ground_truth(state, lambda i: gt(i) if i in mine else None)
 
 Every rank must call with the same arguments (checked: a mismatch raises on every rank) and
-its own replica of the state. ``select`` catches a rank's local error and still meets the
+its own replica of the state. Each shard is part of the target set, but together the shards
+must cover all N images (or the round must be called with ``subset=True``), and at least
+one rank must hold an image; otherwise every rank raises the same error and nobody records. ``select`` catches a rank's local error and still meets the
 others; with ``AcquisitionRound`` build it identically everywhere and call ``finish()`` in a
 ``finally``, or a rank that stops early leaves the others waiting for the group's timeout.
 """
@@ -221,7 +223,7 @@ def _config(rnd) -> dict:
     return {
         "strategy": rnd.strategy, "heuristic": rnd.spec_heuristic, "radius": rnd.radius,
         "rounds": rnd.rounds, "round_index": rnd.round_index, "budget": rnd.budget,
-        "num_images": rnd.num_images, "seed": rnd.seed, "out_size": rnd.out_size,
+        "num_images": rnd.num_images, "subset": rnd.subset, "seed": rnd.seed, "out_size": rnd.out_size,
         "goal": vec(rnd.goal), "class_weights": vec(rnd.user_weights), "state": state,
     }
 
@@ -387,6 +389,10 @@ def finish_sharded(rnd, commit: bool):
             f"image_ids: image ids {dup} appear on more than one rank ({', '.join(map(str, ranks))}); "
             "the shards of a sharded round must hold globally distinct ids"
         )
+    # each shard is part of the set; together they must cover it (or the round is a subset)
+    from .api.select import _absent
+
+    rnd._check_coverage(int(uniq.numel()), lambda: _absent(set(uniq.tolist()), rnd.num_images))
 
     # the same merge on every rank: (score desc, global index asc), then the round's quota
     merged = Picks.empty()

@@ -1,6 +1,15 @@
 """Exceptions raised by cbda; each message names the argument and the expected form."""
 
-__all__ = ["CbdaError", "InputError", "BackendUnavailableError", "StateError"]
+from __future__ import annotations
+
+__all__ = [
+    "CbdaError",
+    "InputError",
+    "BackendUnavailableError",
+    "StateError",
+    "StateFileError",
+    "NativeModuleWarning",
+]
 
 
 class CbdaError(Exception):
@@ -17,3 +26,20 @@ class BackendUnavailableError(CbdaError, RuntimeError):
 
 class StateError(CbdaError, ValueError):
     """An operation does not fit the labelling state (wrong round, missing labels, ...)."""
+
+
+class StateFileError(InputError, StateError):
+    """Saved state bytes or a state file are corrupt, truncated or not a cbda state.
+
+    An ``InputError`` (the bytes are a bad argument) and a ``StateError`` (they are no usable
+    state). ``path`` is the file (None for ``from_bytes``).
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class NativeModuleWarning(RuntimeWarning):
+    """A native module cbda expected is missing, so ``backend="auto"`` falls back to a slower
+    backend; the message names the cause and the fix (issued once per module and process)."""

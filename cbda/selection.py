@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Selection"]
+__all__ = ["Selection", "max_num_images"]
+
+
+def max_num_images(image_size: tuple[int, int]) -> int:
+    """The most images N whose global pixel indices ``id·H·W + y·W + x`` (ids in [0, N))
+    fit in int64, the index type of every backend: ``2^63 // (H·W)``."""
+    h, w = image_size
+    return 2**63 // (int(h) * int(w))
 
 
 @dataclass
@@ -14,8 +21,8 @@ class Selection:
     """Picks of one acquisition round, in pick order.
 
     Order is ``(score desc, global pixel index asc)`` with the global index
-    ``image_id * H * W + y * W + x`` (DESIGN §1); for the ``image`` strategy it is
-    ``(mean score desc, image_id asc)`` and ``ys``/``xs`` are -1 (the whole image).
+    ``image_id * H * W + y * W + x`` (docs/semantics.md, "Order"); for the ``image`` strategy
+    it is ``(mean score desc, image_id asc)`` and ``ys``/``xs`` are -1 (the whole image).
 
     Attributes:
         image_ids: (K,) int64, image of each pick.

@@ -145,7 +145,7 @@ def test_logits_path_equals_reference_on_own_scores(strategy, heuristic, radius)
     ids = [4, 0, 9, 2, 7]
     weights = torch.tensor([1.0, 0.2, 0.5, 0.9, 0.05, 0.6])
     kw = dict(budget=0.3, rounds=3, strategy=strategy, heuristic=heuristic, radius=radius, out_size=out,
-              image_ids=ids, num_images=10, class_weights=weights if strategy.startswith("cb") else None)
+              image_ids=ids, num_images=10, subset=True, class_weights=weights if strategy.startswith("cb") else None)
     sel = cbda.select(logits, backend="cuda", **kw)
     s, lab = cbda.score(logits, heuristic=heuristic, radius=radius, out_size=out,
                         image_ids=torch.tensor(ids), backend="cuda")

@@ -252,7 +252,7 @@ def test_precomputed_scores(fake, strategy, radius):
 def test_logits_path(fake, strategy, heuristic):
     logits = random_logits(4, 5, 6, 8, seed=3)
     kw = dict(budget=0.3, rounds=3, strategy=strategy, heuristic=heuristic, radius=1, out_size=(16, 20),
-              image_ids=[4, 0, 9, 2], num_images=10, seed=7)
+              image_ids=[4, 0, 9, 2], num_images=10, subset=True, seed=7)
     a = cbda.select(logits, backend="cuda", **kw)
     r = cbda.select(logits, backend="reference", **kw)
     assert _picks(a) == _picks(r)

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cbda.errors import InputError, StateError
+from cbda.errors import InputError, StateError, StateFileError
 from cbda.selection import Selection
 from cbda.state import ActiveLabelState, PriorPicks
 from cbda.state.png import decode_png, encode_png, read_png
@@ -507,6 +507,102 @@ def test_from_bytes_rejects_overlapping_picks():
     assert ActiveLabelState.from_bytes(data, check_overlap=False).num_picks == 2
 
 
+def _rewrite_member(data: bytes, name: str, payload: bytes | None = None, flip: int | None = None) -> bytes:
+    """The state zip with member ``name`` replaced (its compressed bytes flipped at ``flip``)."""
+    import io
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename == name and payload is not None:
+                body = payload
+            dst.writestr(info, body, compress_type=zipfile.ZIP_DEFLATED)
+    raw = bytearray(out.getvalue())
+    if flip is not None:  # corrupt the deflate stream of that member, keeping the zip structure
+        z = zipfile.ZipFile(io.BytesIO(bytes(raw)))
+        info = z.getinfo(name)
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        raw[start + flip] ^= 0xFF
+    return bytes(raw)
+
+
+def _corrupt_files(good: bytes) -> dict[str, bytes]:
+    import io
+    import zipfile
+
+    npz = io.BytesIO()
+    np.savez_compressed(npz, image_ids=np.arange(3))
+    foreign_zip = io.BytesIO()
+    with zipfile.ZipFile(foreign_zip, "w") as z:
+        z.writestr("meta.json", json.dumps({"format": "something.else", "version": 1}))
+    meta = json.loads(zipfile.ZipFile(io.BytesIO(good)).read("meta.json"))
+    newer = dict(meta, version=99)
+    lying = json.loads(json.dumps(meta))
+    lying["rounds"][0]["num_picks"] += 1
+    no_rounds = {k: v for k, v in meta.items() if k != "rounds"}
+    return {
+        "empty": b"",
+        "text": b"hello, I am a text file\n",
+        "png": encode_png(np.zeros((4, 4), np.uint8)),
+        "npz": npz.getvalue(),
+        "foreign zip": foreign_zip.getvalue(),
+        "truncated": good[: len(good) // 2],
+        "truncated end": good[:-10],
+        "deflate corrupted": _rewrite_member(good, "round_0001/ys.npy", flip=0),  # zlib.error inside
+        "crc mismatch": _rewrite_member(good, "round_0001/ys.npy", flip=3),
+        "array corrupted": _rewrite_member(good, "round_0001/ys.npy", payload=b"\x93NUMPY garbage"),
+        "array of floats": _rewrite_member(good, "round_0001/ys.npy", payload=_npy(np.zeros(6))),
+        "bad json": _rewrite_member(good, "meta.json", payload=b"{not json"),
+        "newer version": _rewrite_member(good, "meta.json", payload=json.dumps(newer).encode()),
+        "header lies": _rewrite_member(good, "meta.json", payload=json.dumps(lying).encode()),
+        "header incomplete": _rewrite_member(good, "meta.json", payload=json.dumps(no_rounds).encode()),
+    }
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.lib.format.write_array(b, a, allow_pickle=False)
+    return b.getvalue()
+
+
+def test_corrupt_truncated_or_foreign_files_raise_state_file_error(tmp_path):
+    good_state = build_state(seed=4, radii=(1,), per_round=6)[0]
+    good = good_state.to_bytes()
+    assert good_state.picks(1)["ys"].numel() == 6  # "array of floats" has the right length
+    for kind, data in _corrupt_files(good).items():
+        path = tmp_path / f"{kind.replace(' ', '_')}.state"
+        path.write_bytes(data)
+        listing = sorted(os.listdir(tmp_path))
+        with pytest.raises(StateFileError) as info:
+            ActiveLabelState.load(path)
+        msg = str(info.value)
+        assert msg.startswith(f"state file {path}: "), (kind, msg)
+        assert info.value.path == str(path)
+        assert isinstance(info.value, InputError) and isinstance(info.value, StateError)
+        assert path.read_bytes() == data and sorted(os.listdir(tmp_path)) == listing, kind  # a load only reads
+        with pytest.raises(StateFileError, match="^data: "):
+            ActiveLabelState.from_bytes(data)
+    assert ActiveLabelState.from_bytes(good).to_bytes() == good
+
+
+@settings(max_examples=40, deadline=None)
+@given(pos=st.integers(0, 10**6), value=st.integers(1, 255))
+def test_any_flipped_byte_loads_identically_or_raises_state_file_error(pos, value):
+    good = build_state(seed=5, radii=(1, 0), per_round=4)[0].to_bytes()
+    bad = bytearray(good)
+    bad[pos % len(bad)] ^= value
+    try:
+        loaded = ActiveLabelState.from_bytes(bytes(bad))
+    except StateFileError:
+        return
+    assert loaded.to_bytes() == good  # the byte was in a part that carries no content
+
+
 def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "run.state"
     a, _ = build_state(seed=2)
@@ -553,6 +649,26 @@ def test_export_masks_png_round_trip(tmp_path):
     with pytest.raises(InputError, match="^names:"):
         s.export_masks(tmp_path / "bad", names=lambda i: "../escape")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("names", [
+    lambda i: "same",
+    {0: "a/x", 1: "a/x", 2: "b", 3: "c", 4: "d"},
+    ["a/x", "a\\x", "b", "c", "d"],
+])
+def test_export_masks_refuses_duplicate_names_and_writes_nothing(tmp_path, names):
+    s, _ = build_state(seed=11, size=(9, 11), radii=(1, 2))
+    assert len(s.labelled_image_ids()) >= 2
+    if isinstance(names, dict):  # the two clashing ids must both have picks
+        ids = s.labelled_image_ids().tolist()
+        names = {i: f"n{i}" for i in range(5)} | {ids[0]: "a/x", ids[1]: "a/x"}
+    if isinstance(names, list):
+        ids = s.labelled_image_ids().tolist()
+        names = [f"n{i}" for i in range(5)]
+        names[ids[0]], names[ids[1]] = "a/x", "a\\x"
+    with pytest.raises(InputError, match=r"^names: image ids \d+ and \d+ both have the name"):
+        s.export_masks(tmp_path / "out", names=names)
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_masks_pending_allowed_writes_void(tmp_path):

@@ -15,6 +15,10 @@ from ..selection import Selection
 from . import dispatch
 from .validate import (
     check_budget,
+    check_id_range,
+    check_num_images_fit,
+    check_radius,
+    check_state,
     check_heuristic,
     check_image_ids,
     check_int,
@@ -62,7 +66,8 @@ class AcquisitionRound:
 
     Args: as ``cbda.select`` (``num_images`` is the size N of the whole target set, needed by
     ``da``/``cbda``/``image`` and by class weights; taken from ``state.num_images`` when
-    not given).
+    not given). When N is known, ``finish()`` refuses a round that did not see every image
+    0..N-1 unless ``subset=True``, and always refuses a round that saw no image.
 
     Sharded (``shard=True`` or a ``process_group``): every rank feeds its own images and
     calls ``finish()`` (also after an error in ``add``: put it in a ``finally``), which agrees
@@ -86,6 +91,7 @@ class AcquisitionRound:
         backend: str = "auto",
         num_images: int | None = None,
         seed: int = 0,
+        subset: bool = False,
         shard: bool = False,
         process_group=None,
     ):
@@ -97,13 +103,17 @@ class AcquisitionRound:
         self.rounds = check_int("rounds", rounds, 1)
         self.strategy = check_strategy(strategy)
         self.spec_heuristic = check_heuristic(heuristic)
-        self.radius = check_int("radius", radius, 0)
         self.out_size = check_out_size(out_size)
-        self.state = state
+        self.state = check_state(state)
+        self._regions = STRATEGIES[self.strategy][0] != "image"
+        self.radius = check_radius(radius, tuple(state.image_size) if state is not None else self.out_size, self._regions)
+        if not isinstance(subset, bool):
+            raise InputError(f"subset: expected True or False, got {subset!r}")
+        self.subset = subset
         if backend not in dispatch.BACKEND_NAMES:
             raise InputError(f"backend: expected one of {', '.join(dispatch.BACKEND_NAMES)}, got {backend!r}")
         self.backend = backend
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         if round_index is None:
             round_index = state.num_rounds + 1 if state is not None else 1
         self.round_index = check_round_index(round_index, self.rounds)
@@ -131,9 +141,23 @@ class AcquisitionRound:
             self.num_classes = self.num_classes or w.numel()
         if num_images is not None:
             num_images = check_int("num_images", num_images, 1)
-        elif state is not None and getattr(state, "num_images", None):
+            if state is not None and state.num_images is not None and num_images != state.num_images:
+                raise StateError(
+                    f"num_images: the state holds {state.num_images} images (state.num_images), got "
+                    f"num_images={num_images}; for a round over part of the set pass subset=True, not a smaller N"
+                )
+        elif state is not None and state.num_images is not None:
             num_images = int(state.num_images)
+        if subset and num_images is None:
+            raise InputError(
+                "subset: a round over part of the target set needs the size N of the whole set (quotas and class "
+                "weights use N); pass num_images= or a state with num_images"
+            )
         self.num_images = num_images
+        # True when N was given (num_images=, state): ids then index the set, [0, N)
+        self._ids_index_set = num_images is not None
+        if num_images is not None and self._image_size_known() is not None:
+            check_num_images_fit(num_images, self._image_size_known())
         if state is not None and self.class_balanced and self.user_weights is None:
             if state.num_rounds and state.labels_pending():
                 raise StateError(
@@ -147,6 +171,28 @@ class AcquisitionRound:
         self._image_size = tuple(state.image_size) if state is not None else self.out_size
         self._finished = False
         self._device: torch.device | None = None
+
+    def _adopt_input_size(self, n: int | None) -> None:
+        """N is the number of images given to ``select`` (B, or the sum of the shard sizes):
+        the input is the whole set and its ids are free labels (not bounded by N)."""
+        if self.num_images is None and n:
+            self.num_images = check_int("num_images", n, 1)
+            if self._image_size_known() is not None:
+                check_num_images_fit(self.num_images, self._image_size_known())
+
+    def _image_size_known(self) -> tuple[int, int] | None:
+        return tuple(self.state.image_size) if self.state is not None else self.out_size
+
+    def _set_image_size(self, size: tuple[int, int], name: str) -> None:
+        """Fix the round's label size at its first batch, or check a later batch against it."""
+        if self._image_size is None:
+            check_radius(self.radius, size, self._regions)
+            if self.num_images is not None:
+                check_num_images_fit(self.num_images, size)
+            self._image_size = tuple(size)
+        elif tuple(size) != tuple(self._image_size):
+            extra = " (or pass out_size)" if name == "logits" else ""
+            raise InputError(f"{name}: expected spatial size {tuple(self._image_size)}{extra}, got {tuple(size)}")
 
     @property
     def class_balanced(self) -> bool:
@@ -199,12 +245,23 @@ class AcquisitionRound:
         again = self._seen.intersection(ids.tolist())
         if again:
             raise InputError(f"image_ids: image ids {sorted(again)[:5]} appear twice in this round")
-        # ids index the state's images when it knows how many there are; otherwise any
-        # distinct non-negative integers will do
-        limit = getattr(self.state, "num_images", None) if self.state is not None else None
-        if limit is not None and ids.numel() and int(ids.max()) >= limit:
-            raise InputError(f"image_ids: unknown image id {int(ids.max())}, expected ids in [0, {limit})")
+        # ids index the target set, [0, N), when N was given; when N is the input's own size,
+        # any distinct non-negative integers whose global pixel indices fit in int64
+        check_id_range(ids, self.num_images if self._ids_index_set else None, self._image_size)
         return ids
+
+    def _check_coverage(self, seen: int, missing) -> None:
+        """No empty round; no partial one unless ``subset`` (``missing()``: a few absent ids)."""
+        if seen == 0:
+            raise InputError(
+                "logits: the round received no image (an empty stream); nothing was selected or recorded"
+            )
+        if self.num_images is not None and not self.subset and seen < self.num_images:
+            raise InputError(
+                f"logits: the round saw {seen} of the {self.num_images} images of the target set (num_images); "
+                f"missing ids include {missing()}. Stream every image, or pass subset=True for a deliberate "
+                "subset (quotas and class weights still use the whole set's N)"
+            )
 
     def _check_device(self, device: torch.device, name: str) -> None:
         if self._device is None:
@@ -227,13 +284,7 @@ class AcquisitionRound:
         self._check_open()
         check_logits(logits, num_classes=self.num_classes)
         b, c, h, w = logits.shape
-        size = self.out_size or (h, w)
-        if self._image_size is None:
-            self._image_size = size
-        elif tuple(size) != tuple(self._image_size):
-            raise InputError(
-                f"logits: expected spatial size {tuple(self._image_size)} (or pass out_size), got {(h, w)}"
-            )
+        self._set_image_size(self.out_size or (h, w), "logits")
         ids = self._check_ids(image_ids, b)
         if b == 0:
             return
@@ -256,10 +307,7 @@ class AcquisitionRound:
         need = self.class_balanced and self.user_weights is None or self.user_weights is not None
         scores, labels = check_scores(scores, pseudo_labels, self.num_classes, need)
         b, h, w = scores.shape
-        if self._image_size is None:
-            self._image_size = (h, w)
-        elif (h, w) != tuple(self._image_size):
-            raise InputError(f"scores: expected spatial size {tuple(self._image_size)}, got {(h, w)}")
+        self._set_image_size((h, w), "scores")
         ids = self._check_ids(image_ids, b)
         if b == 0:
             return
@@ -279,8 +327,7 @@ class AcquisitionRound:
             from ..distributed import finish_sharded
 
             return finish_sharded(self, commit)
-        if self._acc is None and self._image_size is None:
-            raise InputError("logits: the round received no image; its size is unknown")
+        self._check_coverage(len(self._seen), lambda: _absent(self._seen, self.num_images))
         picks, weights = self._local_picks()
         sel = self._selection(picks, weights)
         if self.state is not None and commit:
@@ -310,6 +357,17 @@ class AcquisitionRound:
             class_weights=weights,
             predicted_counts=picks.predicted_counts.cpu() if picks.predicted_counts is not None else None,
         )
+
+
+def _absent(seen: set[int], n: int, limit: int = 5) -> list[int]:
+    """The first ``limit`` ids of [0, n) not in ``seen``."""
+    out = []
+    for i in range(n):
+        if i not in seen:
+            out.append(i)
+            if len(out) == limit:
+                break
+    return out
 
 
 def _batches(logits, image_ids):
@@ -347,6 +405,7 @@ def select(
     num_images: int | None = None,
     seed: int = 0,
     commit: bool = True,
+    subset: bool = False,
     shard: bool = False,
     process_group=None,
 ) -> Selection:
@@ -369,9 +428,18 @@ def select(
         goal: (C,) goal class distribution (uniform by default).
         class_weights: (C,) weights to use instead of those from the state's counts.
         backend: ``auto``, ``reference``, ``cpu``, ``triton`` or ``cuda``.
-        num_images: N, the size of the target set (default: state.num_images or B).
+        num_images: N, the size of the target set; must equal ``state.num_images`` when both
+            are known. When N is given (here or by the state) the image ids index the set and
+            lie in [0, N). When neither gives it, N is the number of images given (B, or the
+            sum of the shard sizes) and the ids are any distinct non-negative integers.
         seed: seed of the ``random`` heuristic.
         commit: record the picks in ``state``.
+        subset: the input is deliberately only part of the target set. Without it, when N is
+            known (``num_images``, ``state.num_images``), a round that does not see every id in
+            [0, N) raises, so a short data loader can never concentrate the budget on fewer
+            images unnoticed. With it, quotas and class weights still use the whole set's N
+            (``da``: K = N·m picks among the images given), so N must be known. A round that
+            sees no image always raises.
         shard: the input is this process's shard of the target set: every rank of
             ``process_group`` (default: the initialised default group) calls ``select`` with
             its own images (globally distinct ids; a shard may be empty) and gets the same
@@ -393,8 +461,6 @@ def select(
         given = scores.shape[0] if scores.dim() == 3 else None
     if group is not None:  # the sum of the shard sizes; on every rank, whatever its arguments
         given = distributed.global_num_images(given, group)
-    if num_images is None and (state is None or not getattr(state, "num_images", None)):
-        num_images = given or None
     try:  # in a sharded round a local error must reach the other ranks, so catch from here
         if (logits is None) == (scores is None):
             raise InputError("logits/scores: give exactly one of logits (a tensor or batches) or scores")
@@ -403,8 +469,10 @@ def select(
         rnd = AcquisitionRound(
             budget=budget, rounds=rounds, round_index=round_index, strategy=strategy, heuristic=heuristic,
             radius=radius, out_size=out_size, state=state, goal=goal, class_weights=class_weights,
-            backend=backend, num_images=num_images, seed=seed, process_group=group,
+            backend=backend, num_images=num_images, seed=seed, subset=subset, process_group=group,
         )
+        if not subset:
+            rnd._adopt_input_size(given)
         if scores is not None:
             rnd.add_scores(image_ids, scores, pseudo_labels)
         else:

@@ -4,12 +4,13 @@ the expected form; nothing here mutates anything."""
 from __future__ import annotations
 
 import math
-
 import torch
 
 from ..backends.base import STRATEGIES
 from ..errors import InputError
+from ..balance import check_fraction
 from ..scores import HEURISTICS
+from ..selection import max_num_images
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -26,13 +27,60 @@ def check_int(name: str, value, minimum: int | None = None) -> int:
 
 
 def check_budget(budget) -> float:
-    try:
-        b = float(budget)
-    except (TypeError, ValueError):
-        raise InputError(f"budget: expected a fraction in (0, 1], got {budget!r}") from None
-    if not (0.0 < b <= 1.0) or math.isnan(b):
-        raise InputError(f"budget: expected a fraction in (0, 1], got {budget!r}")
-    return b
+    return check_fraction("budget", budget)
+
+
+def check_radius(radius, image_size: tuple[int, int] | None, regions: bool = True) -> int:
+    """r >= 0, and for region picks once the image size is known, a (2r+1)² region that fits
+    in the image: the quota counts every region as (2r+1)² pixels, so a window larger than
+    the image would label far more or far less than the budget says (docs/semantics.md,
+    "Budget"). Whole-image picks (``regions=False``) use r only as a window radius."""
+    r = check_int("radius", radius, 0)
+    if image_size is not None and regions:
+        h, w = image_size
+        if 2 * r + 1 > min(h, w):
+            raise InputError(
+                f"radius: a (2r+1)x(2r+1) region must fit in the {h}x{w} image, so r <= {(min(h, w) - 1) // 2}, got {r}"
+            )
+    return r
+
+
+def check_state(state):
+    """None or a ``cbda.ActiveLabelState``."""
+    from ..state import ActiveLabelState
+
+    if state is not None and not isinstance(state, ActiveLabelState):
+        raise InputError(f"state: expected a cbda.ActiveLabelState or None, got {type(state).__name__} {state!r:.60}")
+    return state
+
+
+def check_num_images_fit(num_images: int, image_size: tuple[int, int]) -> None:
+    """N images of H×W must have int64 global pixel indices: N·H·W <= 2^63."""
+    if num_images > max_num_images(image_size):
+        h, w = image_size
+        raise InputError(
+            f"num_images: global pixel indices id·H·W + y·W + x must fit in int64, so at most "
+            f"{max_num_images(image_size)} images of {h}x{w}, got {num_images}"
+        )
+
+
+def check_id_range(ids: torch.Tensor, num_images: int | None, image_size: tuple[int, int] | None) -> None:
+    """Ids index the target set: [0, N) when N is known, and always small enough that the
+    global pixel index id·H·W + y·W + x fits in int64 (every backend's index type)."""
+    if ids.numel() == 0:
+        return
+    top = int(ids.max())
+    if num_images is not None and top >= num_images:
+        raise InputError(
+            f"image_ids: unknown image id {top}, expected ids in [0, {num_images}) (num_images, the size of the "
+            "target set)"
+        )
+    if image_size is not None and top >= max_num_images(image_size):
+        h, w = image_size
+        raise InputError(
+            f"image_ids: id {top} is too large for {h}x{w} images: the global pixel index id·H·W + y·W + x must "
+            f"fit in int64, so ids must be below {max_num_images(image_size)}"
+        )
 
 
 def check_round_index(round_index, rounds: int) -> int:

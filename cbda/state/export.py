@@ -64,6 +64,19 @@ def _name_of(names, image_id: int) -> str:
     return name
 
 
+def _check_distinct(targets: list[tuple[int, str]]) -> None:
+    """Two images must not share a mask file: the second would overwrite the first."""
+    seen: dict[str, int] = {}
+    for image_id, name in targets:
+        key = name.replace("\\", "/")
+        if key in seen:
+            raise InputError(
+                f"names: image ids {seen[key]} and {image_id} both have the name {name!r}; every labelled "
+                "image needs its own name (its mask file would be overwritten)"
+            )
+        seen[key] = image_id
+
+
 def export_masks(state, out_dir, names=None, allow_pending: bool = False) -> list[str]:
     """Write RIPU-style masks: one (H, W) uint8 PNG per labelled image, 255 = unlabelled.
 
@@ -78,6 +91,7 @@ def export_masks(state, out_dir, names=None, allow_pending: bool = False) -> lis
     ids = state.labelled_image_ids().tolist()
     # Resolve every name before writing anything, so a bad name fails without partial output.
     targets = [(i, _name_of(names, i)) for i in ids]
+    _check_distinct(targets)
     root = os.path.join(os.fspath(out_dir), "gtMask", "train")
     written = []
     for image_id, name in targets:

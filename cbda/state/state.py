@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError, StateError
-from ..selection import Selection
+from ..errors import CbdaError, InputError, StateError, StateFileError
+from ..selection import Selection, max_num_images
 from . import export as _export
 from .prior import PriorPicks
 
@@ -196,6 +196,11 @@ class ActiveLabelState:
         if self.num_classes > VOID:
             raise InputError(f"num_classes: expected 2 <= C <= 255 (labels are uint8, 255 = void), got {num_classes}")
         self.num_images: int | None = None if num_images is None else _as_int(num_images, "num_images", 1)
+        if self.num_images is not None and self.num_images > max_num_images(self.image_size):
+            raise InputError(
+                f"num_images: global pixel indices id·H·W + y·W + x must fit in int64, so at most "
+                f"{max_num_images(self.image_size)} images of {h}x{w}, got {self.num_images}"
+            )
         self._rounds: list[_Round] = []
         self._index: _Index | None = None
 
@@ -287,6 +292,11 @@ class ActiveLabelState:
         if n and self.num_images is not None and ids.max() >= self.num_images:
             raise InputError(
                 f"{name}.image_ids: expected ids in [0, {self.num_images}) (num_images), got {int(ids.max())}"
+            )
+        if n and ids.max() >= max_num_images(self.image_size):
+            raise InputError(
+                f"{name}.image_ids: expected ids below {max_num_images(self.image_size)} (their global pixel "
+                f"indices id·H·W + y·W + x must fit in int64), got {int(ids.max())}"
             )
         if unit == "image":
             if n and ((ys != -1).any() or (xs != -1).any()):
@@ -663,47 +673,70 @@ class ActiveLabelState:
 
         ``check_overlap=False`` skips the window-overlap check (O(P log P), a few seconds at
         tens of millions of picks) for bytes this package wrote itself.
+
+        Raises:
+            InputError: ``data`` is not bytes.
+            StateFileError: the bytes are corrupt, truncated, of another format or version,
+                or their content is invalid; nothing else is touched.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InputError(f"data: expected bytes, got {type(data).__name__}")
+        return cls._decode(bytes(data), check_overlap, "data", None)
+
+    @classmethod
+    def _decode(cls, data: bytes, check_overlap: bool, what: str, path: str | None) -> "ActiveLabelState":
+        """``from_bytes`` with every failure as one StateFileError that names ``what``.
+
+        The bytes come from outside (a file, a network), so anything the zip, zlib, JSON or
+        npy readers raise on them means "not a usable state", not a bug here.
+        """
+        where = ""  # which part was being read, for the message
         try:
-            zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
+            zf = zipfile.ZipFile(io.BytesIO(data))
+            where = "meta.json: "
             meta = json.loads(zf.read("meta.json").decode("utf-8"))
-        except (zipfile.BadZipFile, KeyError, ValueError) as e:
-            raise InputError(f"data: not a saved ActiveLabelState ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise InputError(f"data: not a saved ActiveLabelState (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-        if meta.get("version") != FORMAT_VERSION:
-            raise InputError(f"data: format version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-
-        def arr(name: str) -> np.ndarray:
-            try:
-                return np.lib.format.read_array(io.BytesIO(zf.read(name + ".npy")), allow_pickle=False)
-            except (KeyError, ValueError) as e:
-                raise InputError(f"data: array {name} is missing or unreadable ({e})") from None
-
-        try:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+                found = meta.get("format") if isinstance(meta, dict) else None
+                raise StateFileError(f"{what}: not a saved ActiveLabelState (format {found!r}, expected {FORMAT_NAME!r})", path)
+            if meta.get("version") != FORMAT_VERSION:
+                raise StateFileError(
+                    f"{what}: format version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})", path
+                )
             state = cls(tuple(meta["image_size"]), meta["num_classes"], meta["num_images"])
-            rounds = [(rm["radius"], rm["unit"], rm["strategy"], bool(rm["has_labels"]), bool(rm["has_class_weights"]))
-                      for rm in meta["rounds"]]
-        except (KeyError, TypeError) as e:
-            raise InputError(f"data: the header of the saved state is incomplete ({e!r})") from None
-        for i, (radius, unit, strategy, has_labels, has_cw) in enumerate(rounds, start=1):
-            pre = f"round_{i:04d}/"
-            rd = state._check_rows(
-                arr(pre + "image_ids"), arr(pre + "ys"), arr(pre + "xs"), arr(pre + "scores"),
-                arr(pre + "classes"), radius, unit, arr(pre + "class_weights") if has_cw else None, "data",
-            )
-            rd.strategy = str(strategy)
-            state._rounds.append(rd)
-            if has_labels:
-                state.set_labels(i, arr(pre + "labels"))
-            elif rd.n == 0:
-                rd.labels, rd.counts = state._empty_labels(rd), np.zeros(state.num_classes, dtype=np.int64)
-        state._index = None
-        if check_overlap:
-            state._check_no_overlap("data")
-        return state
+            rounds = [(rm["radius"], rm["unit"], rm["strategy"], int(rm["num_picks"]), bool(rm["has_labels"]),
+                       bool(rm["has_class_weights"])) for rm in meta["rounds"]]
+
+            def arr(name: str) -> np.ndarray:
+                return np.lib.format.read_array(io.BytesIO(zf.read(name + ".npy")), allow_pickle=False)
+
+            for i, (radius, unit, strategy, num_picks, has_labels, has_cw) in enumerate(rounds, start=1):
+                where = f"round {i}: "
+                pre = f"round_{i:04d}/"
+                rd = state._check_rows(
+                    arr(pre + "image_ids"), arr(pre + "ys"), arr(pre + "xs"), arr(pre + "scores"),
+                    arr(pre + "classes"), radius, unit, arr(pre + "class_weights") if has_cw else None, "picks",
+                )
+                if rd.n != num_picks:
+                    raise InputError(f"picks: the header says {num_picks} picks, the arrays hold {rd.n}")
+                rd.strategy = str(strategy)
+                state._rounds.append(rd)
+                if has_labels:
+                    state.set_labels(i, arr(pre + "labels"))
+                elif rd.n == 0:
+                    rd.labels, rd.counts = state._empty_labels(rd), np.zeros(state.num_classes, dtype=np.int64)
+            where = ""
+            state._index = None
+            if check_overlap:
+                state._check_no_overlap("picks")
+            return state
+        except StateFileError:
+            raise
+        except CbdaError as e:
+            raise StateFileError(f"{what}: invalid saved state ({where}{e})", path) from None
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            raise StateFileError(
+                f"{what}: not a readable saved ActiveLabelState ({where}{type(e).__name__}: {e})", path
+            ) from e
 
     def _check_no_overlap(self, name: str) -> None:
         """All rounds at once (one sort, not one per round): no two windows overlap."""
@@ -726,9 +759,17 @@ class ActiveLabelState:
 
     @classmethod
     def load(cls, path, check_overlap: bool = True) -> "ActiveLabelState":
-        """Read a state written by ``save`` (see ``from_bytes``)."""
-        with open(os.fspath(path), "rb") as f:
-            return cls.from_bytes(f.read(), check_overlap=check_overlap)
+        """Read a state written by ``save`` (see ``from_bytes``); the file is only read.
+
+        Raises:
+            StateFileError: the file is corrupt, truncated or not a cbda state; the message
+                and ``.path`` name the file.
+            OSError: the file cannot be opened (missing, a directory, no permission).
+        """
+        p = os.fspath(path)
+        with open(p, "rb") as f:
+            data = f.read()
+        return cls._decode(data, check_overlap, f"state file {p}", p)
 
     # ------------------------------------------------------------------ exports
 
