@@ -9,7 +9,7 @@ first use, and ``python -m cbda.info`` says what is available and why.
 
 from .api import AcquisitionRound, score, select
 from .balance import class_weights, imbalance_score
-from .errors import BackendUnavailableError, CbdaError, InputError, StateError
+from .errors import BackendUnavailableError, CbdaError, InputError, NativeModuleWarning, StateError, StateFileError
 from .scores import HEURISTICS
 from .selection import Selection
 from .state import ActiveLabelState, PriorPicks
@@ -25,10 +25,12 @@ __all__ = [
     "CbdaError",
     "HEURISTICS",
     "InputError",
+    "NativeModuleWarning",
     "PriorPicks",
     "STRATEGIES",
     "Selection",
     "StateError",
+    "StateFileError",
     "class_weights",
     "imbalance_score",
     "score",

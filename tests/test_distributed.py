@@ -106,6 +106,15 @@ def _default_n(ids, shard):
                                out_size=SIZE, shard=shard))
 
 
+def _subset(ids, shard):
+    # a deliberate subset: image 0 left out everywhere; K and class weights use N = 7
+    ids = [i for i in ids if i != 0]
+    st = cbda.ActiveLabelState(SIZE, C, num_images=N)
+    sel = cbda.select(_logits()[ids], image_ids=ids, budget=0.3, rounds=3, strategy="cbda", out_size=SIZE,
+                      state=st, subset=True, shard=shard)
+    return _digest(sel), _state_hash(st)
+
+
 def _failing(rank, world, kind):
     """Run one round where one rank's input is bad; report what each rank raised and the state."""
     logits, gt = _logits(), _gt()
@@ -126,6 +135,12 @@ def _failing(rank, world, kind):
         kw["budget"] = 0.5
     if kind == "early" and bad:
         kw["budget"] = 7.0  # raises in the constructor, before any collective of the round
+    if kind == "partial" and bad:  # this rank's loader dropped an image: the union misses it
+        ids = ids[:-1]
+        x = logits[ids]
+    if kind == "empty":  # no rank has an image
+        ids = []
+        x = logits[ids]
     try:
         if kind == "streaming":
             rnd = cbda.AcquisitionRound(budget=0.3, rounds=3, strategy="cbda", out_size=SIZE, state=st, shard=True)
@@ -185,7 +200,8 @@ def _worker(rank, world, init_file, out_dir):
         res["default_n"] = _default_n(ids, True)
         for s in ("image", "cbda"):
             res["labels", s] = _shared_labels(rank, world, s)
-        for kind in ("nan", "duplicate", "budget", "early", "streaming"):
+        res["subset"] = _subset(ids, True)
+        for kind in ("nan", "duplicate", "budget", "early", "streaming", "partial", "empty"):
             res["fail", kind] = _failing(rank, world, kind)
         # the group still works after all that: one more good round
         res["after"] = _default_n(ids, True)
@@ -278,6 +294,8 @@ def test_distributed_num_images_is_sum_of_shards(world):
     ("budget", "InputError", "budget"),
     ("early", "DistributedRoundError", "budget"),
     ("streaming", "DistributedRoundError", "logits"),
+    ("partial", "InputError", "of the 7 images"),
+    ("empty", "InputError", "received no image"),
 ])
 def test_distributed_failure_raises_everywhere_and_records_nothing(world, kind, error, needle):
     runs = _run(world)
@@ -290,6 +308,14 @@ def test_distributed_failure_raises_everywhere_and_records_nothing(world, kind, 
         if error == "DistributedRoundError":
             assert ranks == [bad] and f"rank {bad}" in msg or r == bad and "this rank" in msg
         assert before == after and rounds == 1, f"rank {r}: the state changed"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_distributed_subset_equals_single_process_subset(world):
+    runs = _run(world)
+    want = _subset(ALL, False)
+    assert want[0]["picks"] and all(p[0] != 0 for p in want[0]["picks"])
+    assert all(runs[r]["subset"] == want for r in range(world))
 
 
 def _single_labels(strategy):
