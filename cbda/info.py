@@ -59,7 +59,24 @@ def collect() -> dict:
         "triton": triton_version,
         "gpu": gpu,
         "dispatch": auto,
+        "missing_native": missing_native(),
     }
+
+
+def missing_native() -> dict:
+    """Native modules that should be here but are not: name -> {"cause", "fix"} (issue 12)."""
+    out = {}
+    for name in ("_cpu", "_cuda"):
+        found = _native.missing_cause(name)
+        if found is not None:
+            out[name] = {"cause": found[0], "fix": found[1]}
+    return out
+
+
+def render_missing(data: dict) -> list[str]:
+    """The lines that flag an expected native module as missing (none when all is well)."""
+    return [f"  WARNING: cbda.{name} is expected but missing: {rec['cause']}.\n    Fix: {rec['fix']}."
+            for name, rec in data.get("missing_native", {}).items()]
 
 
 def render(data: dict) -> str:
@@ -69,6 +86,7 @@ def render(data: dict) -> str:
         state = "loaded" if rec.get("loaded") else f"missing: {rec.get('why_not')}"
         detail = {k: v for k, v in rec.items() if k not in ("loaded", "why_not", "built", "reason")}
         lines.append(f"  {name}: {state}" + (f"  {json.dumps(detail, sort_keys=True)}" if detail else ""))
+    lines += render_missing(data)
     lines.append(f"OpenMP: {data['openmp']} (threads: {data['openmp_threads']})")
     lines.append(f"Triton: {data['triton'] or 'not installed'}")
     lines.append(f"GPU: {data['gpu']['name'] + ' sm_' + data['gpu']['capability'].replace('.', '') if data['gpu'] else 'none seen by torch'}")

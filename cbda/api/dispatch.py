@@ -2,9 +2,10 @@
 
 Every backend module exposes ``NAME``, ``not_supported_reasons(device, dtype)``,
 ``score(logits, spec, image_ids)`` and ``open_round(plan)``. ``auto`` walks the preference
-list of the tensors' device and quietly skips what cannot run; a backend named by the user
-that cannot run raises with its reasons; when nothing fits, the error lists every
-backend's reasons.
+list of the tensors' device and quietly skips what cannot run, except that falling back for
+want of a native module that should be there (an unbuilt source tree, a failed build) warns
+once with the cause and the fix; a backend named by the user that cannot run raises with its
+reasons; when nothing fits, the error lists every backend's reasons.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import ModuleType
 
 import torch
 
+from .. import _native
 from ..errors import BackendUnavailableError, InputError
 
 __all__ = ["BACKEND_NAMES", "resolve", "explain", "auto_order"]
@@ -30,6 +32,8 @@ _MODULES = {
 # only been compiled, never run on a GPU. Once both are validated and measured on a GPU, the
 # faster one goes first (issues 5 and 7). The reference is the last resort everywhere.
 _AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+#: backend -> the native module it needs
+_NATIVE = {"cpu": "_cpu", "cuda": "_cuda"}
 
 
 def _module(name: str) -> tuple[ModuleType | None, str | None]:
@@ -74,6 +78,9 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype = torch.float
     for name in auto_order(device):
         why = reasons(name, device, dtype)
         if not why:
+            for skipped in collected:  # a fallback for want of an expected module is said once
+                if skipped in _NATIVE:
+                    _native.warn_missing(_NATIVE[skipped], fallback=name)
             return _module(name)[0]
         collected[name] = why
     lines = "\n".join(f"  {n}: {'; '.join(w)}" for n, w in collected.items())
