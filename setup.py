@@ -3,7 +3,7 @@
 cbda._cpu  : csrc/cpu/*.cpp, C++17 + OpenMP when the compiler has it.
 cbda._cuda : csrc/cuda/*.cu (nvcc) + csrc/cuda/*.cpp, when nvcc is found.
 
-Neither needs torch at build time (kernels take raw pointers, DESIGN §2), and neither can
+Neither needs torch at build time (kernels take raw pointers, docs/architecture.md), and neither can
 break the install: a module that fails to build is skipped with a warning and the reason is
 written to cbda/_build_info.json, which `python -m cbda.info` prints.
 

@@ -1,6 +1,6 @@
 """Acquisition heuristics: names, parameters and the pieces every backend shares.
 
-The formulas are DESIGN §1; ``cbda.reference.scores`` is their executable form. The
+The formulas are in docs/semantics.md (Scores); ``cbda.reference.scores`` is their executable form. The
 counter-based hash for the seeded random heuristic lives here because every backend
 (PyTorch, C++, Triton, CUDA) must reproduce it bit for bit.
 """
@@ -41,7 +41,7 @@ HEURISTICS = {
 class ScoreSpec:
     """What to score: the heuristic, its window radius, the output size and the seed.
 
-    ``radius`` is the region radius r of DESIGN §1 (used by ``ripu``); ``out_size`` is
+    ``radius`` is the region radius r of docs/semantics.md (used by ``ripu``); ``out_size`` is
     ``(H, W)`` or None for the logits' own size.
     """
 

@@ -1,4 +1,4 @@
-"""Every CUDA source compiles with nvcc (DESIGN §4): runs wherever nvcc is found, GPU or not.
+"""Every CUDA source compiles with nvcc (docs/architecture.md, Testing): runs wherever nvcc is found, GPU or not.
 
 One arch (sm_80, or the first of CBDA_CUDA_ARCH_LIST) keeps it quick; the files compile in
 parallel. A failure shows nvcc's stderr. The host module (module.cpp) is compiled too, with

@@ -1,4 +1,4 @@
-"""The reference selection (RIPU's argmax loop) against a brute-force sort-and-scan, and
+"""The reference selection (the argmax-and-block loop) against a brute-force sort-and-scan, and
 da against the dataset-wide greedy."""
 
 import numpy as np

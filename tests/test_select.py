@@ -91,7 +91,7 @@ def test_image_strategy_by_hand():
 
 
 def test_quota_follows_ripu_count():
-    # 5 % over 5 rounds of a 1024x2048 image in 3x3 regions -> 2331 regions (ripu-protocol.md)
+    # 5 % over 5 rounds of a 1024x2048 image in 3x3 regions -> 2331 regions (docs/semantics.md, Budget)
     from cbda.api.validate import per_image_quota
 
     assert per_image_quota(1024, 2048, 0.05, 5, 1) == 2331

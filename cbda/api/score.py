@@ -21,7 +21,7 @@ def score(
     image_ids=None,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score every pixel of a batch of logits (DESIGN §1).
+    """Score every pixel of a batch of logits (docs/semantics.md, Scores).
 
     Args:
         logits: (B, C, h, w) float32, bfloat16 or float16, finite, C >= 2.

@@ -1,1 +1,1 @@
-"""Backends: one module each, all meeting DESIGN §1 exactly. ``cbda.api.dispatch`` picks one."""
+"""Backends: one module each, all meeting docs/semantics.md exactly. ``cbda.api.dispatch`` picks one."""

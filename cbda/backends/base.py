@@ -50,7 +50,7 @@ class RoundPlan:
 
 @dataclass
 class Picks:
-    """Raw picks of a round in DESIGN §1's order (int64/float32 CPU tensors, length K).
+    """Raw picks of a round in the order of docs/semantics.md (int64/float32 CPU tensors, length K).
 
     ``ys``/``xs`` are -1 for whole-image picks. ``predicted_counts`` is the (C,) int64
     pseudo-label histogram over every scored pixel, or None.

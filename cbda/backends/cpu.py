@@ -9,7 +9,7 @@ greedy (partial sort of the prefix it needs). For ``da``/``cbda`` the picks join
 that is selected back to exactly K whenever it passes 2K, raising the cut-off (the K-th key
 of the order (score desc, global index asc)): exact in one pass, memory O(K + one image).
 
-All tensors are allocated by torch here; the module gets their addresses (DESIGN §2).
+All tensors are allocated by torch here; the module gets their addresses (docs/architecture.md).
 
 Agreement with the reference. The upsampled logits are bit-identical to ATen's CPU bilinear
 kernel (its fma order, reproduced with std::fma), so pseudo labels are identical. Scores are

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference: the executable spec of DESIGN §1 and the benchmark baseline.
+"""Pure-PyTorch reference: the executable spec of docs/semantics.md and the benchmark baseline.
 
 It materialises full-resolution tensors and stacks whole rounds on purpose: it is meant to be
 obviously correct, not fast. Every other backend is tested against it.

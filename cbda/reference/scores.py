@@ -58,7 +58,7 @@ def reference_score(
     spec: ScoreSpec,
     image_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score every pixel of a batch (DESIGN §1).
+    """Score every pixel of a batch (docs/semantics.md, Scores).
 
     Args:
         logits: (B, C, h, w) float32/bfloat16/float16.

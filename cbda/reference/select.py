@@ -1,4 +1,5 @@
-"""Reference selection: RIPU's argmax-and-block loop, over one image or a whole stack.
+"""Reference selection: the argmax-and-block loop (RIPU's greedy, with our row-major tie
+rule; docs/semantics.md, Order and Selection), over one image or a whole stack.
 
 Blocking never crosses images, so running the loop over the stacked round (``da``) equals
 the top-K of the union of the per-image greedy sequences; the fast backends rely on that
@@ -15,11 +16,13 @@ __all__ = ["greedy_argmax", "select_regions", "image_ranking", "sort_picks"]
 def greedy_argmax(
     scores: torch.Tensor, blocked: torch.Tensor, radius: int, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RIPU's loop: take the best unblocked centre, block every centre within Chebyshev
-    distance 2r of it (same image only), repeat ``limit`` times or until none is left.
+    """The greedy of RIPU's Alg. 2: take the best unblocked centre, block every centre within
+    Chebyshev distance 2r of it (same image only), repeat ``limit`` times or until none is left.
 
-    Ties go to the lowest flat index (torch.argmax returns the first maximum), which is the
-    lowest global index when the stack is sorted by image id.
+    Exact ties go to the lowest flat index (torch.argmax returns the first maximum), which is
+    the lowest global index when the stack is sorted by image id: the row-major tie rule of
+    docs/semantics.md. It is not RIPU's: RIPU's two-stage max breaks exact ties in another
+    order.
 
     Args:
         scores: (N, H, W) float32, finite.
@@ -51,7 +54,7 @@ def greedy_argmax(
 
 
 def sort_picks(scores: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
-    """Permutation ordering picks by (score desc, global index asc) — DESIGN §1's order.
+    """Permutation ordering picks by (score desc, global index asc) — the order of docs/semantics.md.
 
     -0.0 and +0.0 compare equal, as in every backend.
     """

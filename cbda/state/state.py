@@ -479,7 +479,7 @@ class ActiveLabelState:
         """(C,) int64 labelled in-image pixels per class over rounds < ``before_round``.
 
         Default: all rounds. Void (255) is not counted. This is ``L_c`` of the class weights
-        (DESIGN §1: rounds < i for round i). Raises StateError if one of those rounds has
+        (docs/semantics.md, Class weights: rounds < i for round i). Raises StateError if one of those rounds has
         labels pending.
         """
         limit = self.num_rounds + 1 if before_round is None else _as_int(before_round, "before_round", 1)

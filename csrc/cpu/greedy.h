@@ -1,5 +1,5 @@
-// Exact per-image greedy selection with blocking (DESIGN §1, strategy ra; the per-image
-// sequences that da merges). Raw pointers only: no torch headers (DESIGN §2).
+// Exact per-image greedy selection with blocking (docs/semantics.md, strategy ra; the per-image
+// sequences that da merges). Raw pointers only: no torch headers (docs/architecture.md).
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -1,5 +1,5 @@
 // pybind11 module cbda._cpu. Takes addresses of torch-allocated buffers (tensor.data_ptr())
-// and sizes; never sees a torch header, so one build works with any torch (DESIGN §2).
+// and sizes; never sees a torch header, so one build works with any torch (docs/architecture.md).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

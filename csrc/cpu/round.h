@@ -1,6 +1,6 @@
 // One acquisition round on the CPU (strategies ra/cbra/da/cbda): fused scoring of each
 // batch, candidate emission against the round's cut-off, the exact per-image greedy and the
-// streaming global top-K. Raw pointers only (DESIGN §2).
+// streaming global top-K. Raw pointers only (docs/architecture.md).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -17,7 +17,7 @@ struct Pick {
   int64_t cls;
 };
 
-// DESIGN §1's order: score desc, global index asc (a strict total order: indices differ).
+// The order of docs/semantics.md: score desc, global index asc (a strict total order: indices differ).
 inline bool pick_better(const Pick& a, const Pick& b) {
   if (a.score > b.score) return true;
   if (a.score < b.score) return false;
@@ -45,7 +45,7 @@ class Round {
                   const float* weights, int64_t num_classes, const PriorPicksView& prior);
 
   int64_t size() const { return static_cast<int64_t>(buf_.size()); }
-  // The picks in DESIGN order (at most K for da/cbda); arrays of finish_size() entries.
+  // The picks in that order (at most K for da/cbda); arrays of finish_size() entries.
   int64_t finish_size() const { return total_ >= 0 ? std::min<int64_t>(size(), total_) : size(); }
   void finish(int64_t* ids, int64_t* ys, int64_t* xs, float* scores, int64_t* classes);
 

@@ -1,7 +1,7 @@
 // Fused per-pixel scoring on the CPU: bilinear upsampling (align_corners=True) from the
 // logits' own resolution, softmax, entropy, pseudo label and the per-pixel part of every
 // heuristic (pass A), then the windowed statistics of the ripu scores with running sums
-// (pass B). Raw pointers only, no torch headers (DESIGN §2).
+// (pass B). Raw pointers only, no torch headers (docs/architecture.md).
 #pragma once
 #include <cstdint>
 #include <vector>
