@@ -1,7 +1,7 @@
 """Exact per-image greedy blocking: a chunked scan of each image's sorted candidates.
 
-The greedy sequence of an image (RIPU's argmax-and-block loop) equals scanning its
-unblocked centres in (score desc, index asc) order and keeping a centre iff no kept centre
+The greedy sequence of an image (the argmax-and-block loop of docs/semantics.md) equals
+scanning its unblocked centres in (score desc, index asc) order and keeping a centre iff no kept centre
 lies within Chebyshev distance 2r. With a cut-off, the candidates above it give exactly the
 prefix of that sequence above it, which is all a top-K merge needs.
 

@@ -1,6 +1,6 @@
 """Keys and the streaming exact top-K buffer of the triton backend.
 
-Order (DESIGN §1): score descending, then global index ascending, with -0.0 == +0.0. A
+Order (docs/semantics.md): score descending, then global index ascending, with -0.0 == +0.0. A
 32-bit score and a 33-bit+ global index do not fit one 64-bit key, so every ordering here
 is two stable device sorts (torch.sort, a radix sort on CUDA): first by the index
 ascending, then, stably, by the score's descending orderable bits. Both passes are O(n).

@@ -1,6 +1,6 @@
 // Device helpers shared by the CUDA kernels of cbda._cuda: dtype loads, the bilinear tap
 // (PyTorch's align_corners=True arithmetic), per-pixel softmax statistics, the orderable
-// 64-bit candidate key and the seeded hash. No torch headers (DESIGN §2).
+// 64-bit candidate key and the seeded hash. No torch headers (docs/architecture.md).
 #pragma once
 
 #include "common/mix32.h"

@@ -1,4 +1,4 @@
-// Exact per-image greedy selection with blocking (DESIGN §1: strategy ra, and the
+// Exact per-image greedy selection with blocking (docs/semantics.md: strategy ra, and the
 // per-image sequences that da merges), after candidate compaction and a radix sort.
 //
 // The greedy sequence of an image equals a scan of its candidates in (score desc, index asc)

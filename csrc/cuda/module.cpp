@@ -1,6 +1,6 @@
 // pybind11 module cbda._cuda. Takes addresses of torch-allocated device buffers
 // (tensor.data_ptr()), sizes, dtypes and the CUDA stream (torch.cuda.current_stream().cuda_stream)
-// as integers; never sees a torch header, so one build works with any torch (DESIGN §2).
+// as integers; never sees a torch header, so one build works with any torch (docs/architecture.md).
 //
 // Importing the module touches no GPU: the CUDA runtime (linked statically) initialises on
 // the first call. Every entry point releases the GIL while enqueueing, and turns a CUDA

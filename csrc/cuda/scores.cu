@@ -1,4 +1,4 @@
-// Fused scoring pass (DESIGN §1): one block per 16×32 tile of the label grid.
+// Fused scoring pass (docs/semantics.md, Scores): one block per 16×32 tile of the label grid.
 //
 // Tiling: the block first computes, for the tile plus a halo of r, every pixel's pseudo
 // label and normalised entropy into shared memory (each halo pixel is recomputed by the
