@@ -254,3 +254,18 @@ def test_ids_whose_global_index_overflows_int64_are_refused(backend):
         cbda.select(logits, budget=0.2, strategy="da", num_images=2**63 // 64 + 1, subset=True, backend=backend)
     with pytest.raises(InputError, match=r"^num_images:"):
         cbda.ActiveLabelState((8, 8), 3, num_images=2**63 // 64 + 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_window_radius_beyond_the_image_equals_the_whole_image(backend):
+    # windows are clipped, so r >= max(H, W) - 1 is the whole image; the cpu kernel used to
+    # abort the process (std::bad_alloc) for r = 10**6
+    logits = random_logits(2, 3, 6, 7, seed=3)
+    want, _ = cbda.score(logits, radius=6, backend="reference")
+    for r in (6, 10**6, 10**18):
+        got, _ = cbda.score(logits, radius=r, backend=backend)
+        torch.testing.assert_close(got, want)
+    sel = cbda.select(logits, budget=1.0, rounds=2, strategy="image", radius=10**18, backend=backend)
+    assert len(sel) == 1
+    with pytest.raises(InputError, match="^seed:"):
+        cbda.score(logits, heuristic="random", seed="1", backend=backend)

@@ -6,7 +6,7 @@ import torch
 
 from ..scores import ScoreSpec
 from . import dispatch
-from .validate import check_heuristic, check_image_ids, check_int, check_logits, check_out_size
+from .validate import check_heuristic, check_image_ids, check_int, check_logits, check_out_size, window_radius
 
 __all__ = ["score"]
 
@@ -36,7 +36,9 @@ def score(
         scores (B, H, W) float32 and pseudo labels (B, H, W) int64, on the logits' device.
     """
     check_logits(logits)
-    spec = ScoreSpec(check_heuristic(heuristic), check_int("radius", radius, 0), check_out_size(out_size), int(seed))
+    out = check_out_size(out_size)
+    r = window_radius(check_int("radius", radius, 0), out or tuple(logits.shape[-2:]))
+    spec = ScoreSpec(check_heuristic(heuristic), r, out, check_int("seed", seed))
     ids = check_image_ids(image_ids, logits.shape[0])
     mod = dispatch.resolve(backend, logits.device, logits.dtype)
     if logits.shape[0] == 0:

@@ -28,6 +28,7 @@ from .validate import (
     check_scores,
     check_strategy,
     image_quota,
+    window_radius,
     per_image_quota,
 )
 
@@ -234,9 +235,10 @@ class AcquisitionRound:
         weights = self._weights(c, n) if c is not None else None
         if self.class_balanced and weights is None:
             raise InputError("class_weights: the number of classes is unknown; give pseudo_labels with a state, or class_weights")
-        spec = ScoreSpec(self.spec_heuristic, self.radius, self.out_size, self.seed)
+        r = window_radius(self.radius, (h, w))  # == self.radius for region strategies (checked)
+        spec = ScoreSpec(self.spec_heuristic, r, self.out_size, self.seed)
         module = dispatch.resolve(self.backend, device, dtype)
-        plan = RoundPlan(self.strategy, spec, self.radius, (h, w), m if scope == "per_image" else None, total, weights)
+        plan = RoundPlan(self.strategy, spec, r, (h, w), m if scope == "per_image" else None, total, weights)
         self._module, self._plan, self.num_classes = module, plan, c
         self._acc = module.open_round(plan)
 

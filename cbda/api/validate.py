@@ -45,6 +45,13 @@ def check_radius(radius, image_size: tuple[int, int] | None, regions: bool = Tru
     return r
 
 
+def window_radius(radius: int, image_size: tuple[int, int]) -> int:
+    """The radius the score kernels get: windows are clipped to the image, so any r beyond
+    max(H, W) - 1 gives the same statistics as max(H, W) - 1 (and kernels that size buffers
+    by r must never see r = 10**18)."""
+    return min(radius, max(image_size) - 1)
+
+
 def check_state(state):
     """None or a ``cbda.ActiveLabelState``."""
     from ..state import ActiveLabelState
