@@ -15,21 +15,21 @@ from ..selection import Selection
 from . import dispatch
 from .validate import (
     check_budget,
-    check_id_range,
-    check_num_images_fit,
-    check_radius,
-    check_state,
     check_heuristic,
+    check_id_range,
     check_image_ids,
     check_int,
     check_logits,
+    check_num_images_fit,
     check_out_size,
+    check_radius,
     check_round_index,
     check_scores,
+    check_state,
     check_strategy,
     image_quota,
-    window_radius,
     per_image_quota,
+    window_radius,
 )
 
 __all__ = ["AcquisitionRound", "select"]
