@@ -17,6 +17,8 @@ import os
 import warnings
 from pathlib import Path
 
+from .errors import RunError
+
 
 def _clean(obj):
     # JSON has no NaN: write null
@@ -41,8 +43,14 @@ def read_metrics(run: str | Path) -> dict:
     p = Path(run)
     p = p / "metrics.json" if p.is_dir() else p
     if not p.is_file():
-        raise FileNotFoundError(f"no metrics.json at {p}: is it a cbda train work dir?")
-    return json.loads(p.read_text())
+        raise RunError(f"no metrics.json at {p}: is it the work dir of a finished cbda train run?")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{p} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{p} is not a cbda metrics.json (top level is {type(data).__name__})")
+    return data
 
 
 class ScalarLog:

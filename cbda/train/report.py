@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import RunError
 from .metrics_io import read_metrics
 
 
@@ -111,6 +112,8 @@ def plot_imbalance(runs: list[tuple[str, dict]], path: str | Path) -> None:
         rs = [r for r in m.get("rounds") or [] if r.get("imbalance_score") is not None]
         if rs:
             ax.plot([r["round"] for r in rs], [r["imbalance_score"] for r in rs], marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel("round")
     ax.set_ylabel("imbalance score (KL to uniform / ln C)")
     ax.legend(fontsize=7)
@@ -147,15 +150,15 @@ def report(run_dirs: list[str | Path], out_dir: str | Path | None = None, baseli
     out_dir: iou_gain_<run>.png for every run against the baseline (default: the first run),
     imbalance.png, histograms.png."""
     runs = [(_label(Path(d), m), m) for d in run_dirs for m in [read_metrics(d)]]
+    labels = [l for l, _ in runs]
+    if baseline is not None and baseline not in labels:
+        raise RunError(f"--baseline: {baseline!r} is not one of the runs ({', '.join(labels)})")
     text = table(runs)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text + "\n")
         if plots:
-            labels = [l for l, _ in runs]
-            if baseline is not None and baseline not in labels:
-                raise ValueError(f"--baseline {baseline!r} is not one of the runs: {labels}")
             base = runs[labels.index(baseline)] if baseline is not None else runs[0]
             for run in runs:
                 if run is not base and run[1].get("final") and base[1].get("final"):
