@@ -104,22 +104,30 @@ def plot_iou_gain(base: tuple[str, dict], other: tuple[str, dict], path: str | P
     plt.close(fig)
 
 
-def plot_imbalance(runs: list[tuple[str, dict]], path: str | Path) -> None:
-    """Imbalance score of the labelled set after each round, one line per run."""
+def imbalance_figure(runs: list[tuple[str, dict]]):
+    """(figure, axes) of the imbalance score of the labelled set after each round, one line per
+    run; the round axis has whole-number ticks only."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, m in runs:
         rs = [r for r in m.get("rounds") or [] if r.get("imbalance_score") is not None]
         if rs:
             ax.plot([r["round"] for r in rs], [r["imbalance_score"] for r in rs], marker="o", label=label)
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("imbalance score (KL to uniform / ln C)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig, ax
+
+
+def plot_imbalance(runs: list[tuple[str, dict]], path: str | Path) -> None:
+    """Imbalance score of the labelled set after each round, one line per run, as a PNG."""
+    fig, _ = imbalance_figure(runs)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plt().close(fig)
 
 
 def plot_histograms(runs: list[tuple[str, dict]], path: str | Path) -> None:

@@ -84,6 +84,23 @@ def check_work_dir(work_dir: Path) -> None:
                               f"dir (it holds e.g. {names[0]}); choose a new or empty folder")
 
 
+def check_compatible(cfg: dict, payload: dict, path: Path | str) -> None:
+    """Raise CheckpointError when a checkpoint was written with another model or class count
+    than `cfg` (its weights would not fit, or would mean other classes)."""
+    saved = payload.get("config") or {}
+    model = saved.get("model") or {}
+    # compare the keys the checkpoint knows (runs of earlier versions filled fewer defaults);
+    # the pretrained file only seeds a new run
+    diff = [k for k in model if k in cfg["model"] and model[k] != cfg["model"][k] and k != "pretrained"]
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was written with model.{diff[0]}={model[diff[0]]!r}, "
+                              f"the config has {cfg['model'][diff[0]]!r}")
+    c = (saved.get("data") or {}).get("num_classes")
+    if c is not None and c != cfg["data"]["num_classes"]:
+        raise CheckpointError(f"checkpoint {path} was written with data.num_classes={c!r}, "
+                              f"the config has {cfg['data']['num_classes']!r}")
+
+
 def _open_target(cfg: dict, root: Path, split: str = "train", with_labels: bool = True):
     return Cityscapes(root, split, None, int(cfg["data"]["num_classes"]), with_labels=with_labels)
 
@@ -164,6 +181,10 @@ class Trainer:
                 f"--work-dir: {self.work_dir} holds checkpoints of an earlier run (latest "
                 f"{ckpt.latest(self.work_dir / 'checkpoints').name}); pass --resume to continue it, "
                 f"or choose another work dir")
+        # read the checkpoint now: an unreadable one fails the run before any data is touched
+        found = self._find_checkpoint(resume) if resume else None
+        if found is not None:
+            check_compatible(cfg, found[1], found[0])
         dist_utils.barrier()  # every rank has checked before rank 0 writes
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -200,8 +221,10 @@ class Trainer:
         self.state = cbda.ActiveLabelState(image_size=tuple(self.label_size), num_classes=self.C,
                                            num_images=len(self.tgt_train))
         self._label_cache: dict[int, torch.Tensor] = {}
-        if resume:
-            self._resume(resume)
+        if found is not None:
+            path, payload = found
+            self.restore(payload, path)
+            _log(f"resumed from {path} at iteration {self.iteration} ({self.state.num_rounds} rounds done)")
 
     # ---------------------------------------------------------------- data
     def _build_data(self) -> None:
@@ -293,33 +316,19 @@ class Trainer:
         ckpt.prune(d, int(self.cfg["train"].get("keep_checkpoints", 2)))
         return path
 
-    def _resume(self, resume) -> None:
-        """Continue from `resume`: True for the newest readable checkpoint of the work dir
-        (unreadable newer ones are skipped with a warning), or a checkpoint file."""
+    def _find_checkpoint(self, resume) -> tuple[Path, dict]:
+        """(path, payload) to resume from: `resume` True means the newest readable checkpoint
+        of the work dir (unreadable newer ones are skipped with a warning naming them), a path
+        means that file. Raises CheckpointError."""
         if resume is True:
-            path, payload = ckpt.latest_good(self.work_dir / "checkpoints", warn=_log)
-        else:
-            path, payload = Path(resume), ckpt.load(resume)
-        self.restore(payload, path)
-        _log(f"resumed from {path} at iteration {self.iteration} ({self.state.num_rounds} rounds done)")
+            return ckpt.latest_good(self.work_dir / "checkpoints", warn=_log)
+        return Path(resume), ckpt.load(resume)
 
     def restore(self, p: dict, path: Path | str = "checkpoint") -> None:
         """Load a checkpoint payload (ckpt.load) into the model, optimiser, state, streams and
         RNGs. Raises CheckpointError when it was written by a run with another model or class
         count."""
-        saved = p.get("config") or {}
-        for key in ("model", "data.num_classes"):
-            sect, _, leaf = key.partition(".")
-            a = (saved.get(sect) or {}).get(leaf) if leaf else saved.get(sect)
-            b = self.cfg[sect][leaf] if leaf else self.cfg[sect]
-            if leaf == "" and isinstance(a, dict):
-                # compare the keys the checkpoint knows (older runs had fewer defaults filled)
-                diff = [k for k in a if k in b and a[k] != b[k] and k != "pretrained"]
-                if diff:
-                    raise CheckpointError(f"checkpoint {path} was written with model.{diff[0]}={a[diff[0]]!r}, "
-                                          f"the config has {b[diff[0]]!r}")
-            elif leaf and a is not None and a != b:
-                raise CheckpointError(f"checkpoint {path} was written with {key}={a!r}, the config has {b!r}")
+        check_compatible(self.cfg, p, path)
         try:
             self.model.load_state_dict(p["model"])
             self.optimizer.load_state_dict(p["optimizer"])
@@ -513,6 +522,8 @@ def evaluate_checkpoint(cfg: dict, work_dir: str | Path, checkpoint: str | Path 
         path, payload = Path(checkpoint), ckpt.load(checkpoint)
     else:
         path, payload = ckpt.latest_good(work_dir / "checkpoints", warn=_log)
+    cfg = schema.validate(cfg)
+    check_compatible(cfg, payload, path)  # before any data is read
     trainer = Trainer(cfg, work_dir, resume=False, progress=False, _evaluating=True)
     trainer.restore(payload, path)
     final = trainer.evaluate_split()
