@@ -6,7 +6,9 @@ metrics.json = {"name", "strategy", "budget", "classes": [...],
                             "num_picks", "miou_before" (when evaluated before the round)}],
                 "evals": [{"iteration", "miou", "min_iou"}],
                 "final": {"miou", "per_class_iou": {class: iou %}, "min_iou", "min_class",
-                          "class_pixels", "iteration"}}
+                          "class_pixels", "iteration"},
+                "environment": {"torch", "threads", "device", "selection_backend", "world_size"},
+                "seconds"}
 """
 from __future__ import annotations
 

@@ -217,14 +217,32 @@ class Trainer:
         self.iteration = 0
         self.metrics = {"name": cfg.get("name"), "mode": self.mode,
                         "strategy": cfg["active"].get("strategy"), "budget": cfg["active"].get("budget"),
-                        "classes": list(self.classes), "rounds": [], "evals": []}
+                        "classes": list(self.classes), "rounds": [], "evals": [],
+                        "environment": self.environment()}
         self.state = cbda.ActiveLabelState(image_size=tuple(self.label_size), num_classes=self.C,
                                            num_images=len(self.tgt_train))
         self._label_cache: dict[int, torch.Tensor] = {}
         if found is not None:
             path, payload = found
+            env = self.environment()
             self.restore(payload, path)
+            before = self.metrics.get("environment")
+            if before is not None and before != env:
+                changed = ", ".join(f"{k} {before.get(k)} -> {env[k]}" for k in env if before.get(k) != env[k])
+                _log(f"warning: resumed with {changed}; the numbers may differ in the last bits from "
+                     f"an uninterrupted run")
             _log(f"resumed from {path} at iteration {self.iteration} ({self.state.num_rounds} rounds done)")
+
+    def environment(self) -> dict:
+        """What, besides the config and the seed, decides a run's numbers bit for bit: float
+        sums depend on the thread count, the torch build and the selection backend."""
+        try:
+            from cbda.api import dispatch
+            backend = dispatch.resolve(self.cfg["active"]["backend"], self.device).NAME
+        except Exception as e:  # noqa: BLE001 - a missing backend is reported by the round itself
+            backend = f"unavailable ({type(e).__name__})"
+        return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "device": str(self.device), "selection_backend": backend, "world_size": self.world}
 
     # ---------------------------------------------------------------- data
     def _build_data(self) -> None:

@@ -87,3 +87,22 @@ def test_resume_is_a_flag_so_overrides_follow_it(tmp_path, capsys):
     assert main(["train", "--work-dir", str(work), "--resume-from", str(work / "checkpoints" / "iter_0001500.pt"),
                  "--dry-run", "train.iters=2000"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["train"]["iters"] == 2000
+
+
+def test_radius_is_checked_against_the_native_label_size(tiny_data, tiny_overrides, tmp_path, capsys):
+    ov = tiny_overrides(tiny_data, "gtav")  # no data.generate: the size is read from a label file
+    assert main(["train", "--config", "demo", "--work-dir", str(tmp_path / "w"), "--dry-run", *ov,
+                 "active.radius=15"]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["train", "--config", "demo", "--work-dir", str(tmp_path / "w"), "--dry-run", *ov,
+                             "active.radius=16"], "active.radius", "label size 32x64", "radius <= 15")
+
+
+def test_the_python_entry_point_validates_too(tmp_path):
+    from cbda.train.config import ConfigError, load_config
+    from cbda.train.trainer import train
+    cfg = load_config("demo", validate=False)
+    cfg["active"]["schedule"] = [1000, 500]
+    with pytest.raises(ConfigError, match="active.schedule"):
+        train(cfg, tmp_path / "w", progress=False, quiet=True)
+    assert not (tmp_path / "w").exists()
