@@ -120,7 +120,7 @@ def Str(default=REQUIRED, nullable=False) -> Field:
     return Field(check, default, nullable)
 
 
-def Path_(default=REQUIRED, nullable=True) -> Field:
+def PathStr(default=REQUIRED, nullable=True) -> Field:
     def check(key, v):
         if not isinstance(v, str) or not v.strip():
             raise ConfigError(f"{key}: expected a path (a string) or null, got {_got(v)}")
@@ -131,7 +131,8 @@ def Path_(default=REQUIRED, nullable=True) -> Field:
 def Choice(choices, default=REQUIRED, nullable=False) -> Field:
     def check(key, v):
         allowed = choices() if callable(choices) else choices
-        if v not in allowed or isinstance(v, bool):
+        # same type too: 19.0 is not the class count 19, nor True the choice 1
+        if not any(v == a and type(v) is type(a) for a in allowed):
             extra = " or null" if nullable else ""
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}{extra}, got {_got(v)}")
         return v
@@ -170,7 +171,7 @@ GENERATE = {
     "num_source": Int(REQUIRED, lo=1),
     "num_train": Int(REQUIRED, lo=1),
     "num_val": Int(REQUIRED, lo=1),
-    "dir": Path_(None),
+    "dir": PathStr(None),
 }
 
 SCHEMA: dict[str, Any] = {
@@ -180,8 +181,8 @@ SCHEMA: dict[str, Any] = {
     "mode": Choice(MODES, "adapt"),
     "data": {
         "source": Choice(SOURCES, None, nullable=True),    # null only in mode supervised
-        "source_root": Path_(None),
-        "target_root": Path_(None),
+        "source_root": PathStr(None),
+        "target_root": PathStr(None),
         "num_classes": Choice(NUM_CLASSES),
         "source_size": Size(),
         "target_size": Size(),
@@ -200,7 +201,7 @@ SCHEMA: dict[str, Any] = {
         "low_channels": Int(48, lo=1),
         "aspp_dilations": IntList([6, 12, 18], lo=1, nonempty=True),
         "dropout": Float(0.1, lo=0.0, hi=1.0, hi_open=True),
-        "pretrained": Path_(None),
+        "pretrained": PathStr(None),
     },
     "train": {
         "iters": Int(REQUIRED, lo=1),
@@ -301,7 +302,7 @@ def label_size_known(cfg: dict) -> tuple[int, int] | None:
     return None
 
 
-def check_radius(radius: int, label_size: tuple[int, int], heuristic: str = "ripu") -> None:
+def check_radius(radius: int, label_size: tuple[int, int]) -> None:
     """A region (2r+1)² must fit inside the label space, else no region can be picked whole."""
     h, w = label_size
     if 2 * radius + 1 > min(h, w):

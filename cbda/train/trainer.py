@@ -10,7 +10,6 @@ same picks, the same weights.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import sys
 import time
@@ -29,7 +28,7 @@ from . import distributed as dist_utils
 from .acquisition import run_round, round_summary
 from .data import GTAV, Cityscapes, Synthia
 from .data.imageio import resize_nearest
-from .data.labels import IGNORE_INDEX, class_names
+from .data.labels import class_names
 from .data.sampler import BatchStream, ClassBalancedSampler, ShuffledStream, class_presence
 from .data.generated import check_generation, ensure_generated
 from .errors import CheckpointError, ConfigError, DataFolderError, RunError

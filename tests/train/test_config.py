@@ -96,6 +96,7 @@ BAD = [
     ("model.aspp_dilations=[]", "model.aspp_dilations: expected a non-empty list"),
     ("model.dropout=1", "model.dropout"),
     ("data.num_classes=20", "data.num_classes: expected one of 16, 19"),
+    ("data.num_classes=19.0", "data.num_classes: expected one of 16, 19, got 19.0 (float)"),
     ("data.source=cityscapes", "data.source: expected one of gtav, synthia"),
     ("data.source=null", "data.source: mode adapt trains on a source domain"),
     ("data.source_size=[0,10]", "data.source_size: expected [H, W], two positive integers"),
