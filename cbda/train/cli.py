@@ -1,8 +1,13 @@
-"""`cbda train|eval|report` (also `python -m cbda.train`).
+"""`cbda train|eval|report|configs` (also `python -m cbda.train`).
 
-  cbda train --config demo --work-dir runs/demo [key=value ...] [--resume [CKPT]]
-  cbda eval  --work-dir runs/demo [--checkpoint CKPT] [key=value ...]
+  cbda train --config demo --work-dir runs/demo [key=value ...] [--dry-run]
+  cbda train --work-dir runs/demo --resume [key=value ...]          # newest readable checkpoint
+  cbda train --work-dir runs/demo --resume-from FILE [key=value ...]
+  cbda eval  --work-dir runs/demo [--checkpoint FILE] [key=value ...]
   cbda report runs/ra runs/cbda [--out DIR] [--baseline ra]
+
+A user's mistake (a bad config, key, value or path, a missing dataset or checkpoint, a folder
+cbda may not write into) is one line on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -10,69 +15,122 @@ import argparse
 import sys
 from pathlib import Path
 
+COMMANDS = ("train", "eval", "report", "configs")
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cbda", description="CBDA training driver")
-    sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a run (or resume one)")
+
+class UsageError(Exception):
+    """A command-line mistake (argparse's, reported as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage and exits; we want one line and status 2
+        raise UsageError(message)
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    t = _Parser(prog="cbda train", description="train a run, or resume one")
     t.add_argument("--config", help="shipped config name (see `cbda configs`) or a YAML path; "
                                     "default when resuming: <work-dir>/config.yaml")
-    t.add_argument("--work-dir", required=True, help="output folder of the run")
-    t.add_argument("--resume", nargs="?", const=True, default=False,
-                   help="continue from the latest checkpoint in the work dir (or the given file)")
+    t.add_argument("--work-dir", required=True, help="output folder of the run (new, empty, or a cbda work dir)")
+    res = t.add_mutually_exclusive_group()
+    res.add_argument("--resume", action="store_true",
+                     help="continue from the newest readable checkpoint in <work-dir>/checkpoints")
+    res.add_argument("--resume-from", metavar="FILE", help="continue from this checkpoint file")
+    t.add_argument("--dry-run", action="store_true",
+                   help="check the config, dataset folders and checkpoint, print the resolved config, "
+                        "and exit (0: valid, 2: not); writes nothing")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.iters=100")
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the target val split")
+    e = _Parser(prog="cbda eval", description="evaluate a checkpoint on the target val split")
     e.add_argument("--work-dir", required=True)
     e.add_argument("--config", help="default: <work-dir>/config.yaml")
-    e.add_argument("--checkpoint", help="default: the latest in <work-dir>/checkpoints")
+    e.add_argument("--checkpoint", help="default: the newest readable one in <work-dir>/checkpoints")
     e.add_argument("overrides", nargs="*")
-    r = sub.add_parser("report", help="table and plots across runs")
+    r = _Parser(prog="cbda report", description="table and plots across runs")
     r.add_argument("runs", nargs="+", help="work dirs (or metrics.json files)")
     r.add_argument("--out", help="folder for report.md and the PNG plots")
     r.add_argument("--baseline", help="run (folder name) the IoU gains are measured against")
-    sub.add_parser("configs", help="list the shipped configs")
-    return ap
+    c = _Parser(prog="cbda configs", description="list the shipped configs")
+    return {"train": t, "eval": e, "report": r, "configs": c}
+
+
+def _usage() -> str:
+    return ("usage: cbda {train,eval,report,configs} ...  (cbda COMMAND --help for its options)")
 
 
 def _config(args, work_dir: Path, resuming: bool) -> dict:
     from .config import load_config
+    from .errors import ConfigError
     name = args.config
     if name is None:
         saved = work_dir / "config.yaml"
-        if not (resuming and saved.is_file()):
-            raise SystemExit("cbda: --config is required" + ("" if resuming else " (or --resume with a saved config)"))
+        if not resuming:
+            raise ConfigError("--config: required for a new run (a shipped name or a YAML path)")
+        if not saved.is_file():
+            raise ConfigError(f"--config: required, since {saved} does not exist")
         name = saved
     return load_config(name, args.overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "configs":
+def _run(command: str, args) -> int:
+    if command == "configs":
         from .config import available_configs
         print("\n".join(available_configs()))
         return 0
-    if args.command == "report":
+    if command == "report":
         from .report import report
         print(report(args.runs, args.out, args.baseline))
         return 0
-    from .config import ConfigError
-    from .data.base import DatasetNotFoundError
-    try:
-        if args.command == "train":
-            from .trainer import train
-            work = Path(args.work_dir)
-            cfg = _config(args, work, bool(args.resume))
-            train(cfg, work, resume=args.resume, progress=not args.no_progress)
-        elif args.command == "eval":
-            from .trainer import evaluate_checkpoint
-            work = Path(args.work_dir)
-            cfg = _config(args, work, True)
-            evaluate_checkpoint(cfg, work, args.checkpoint)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as e:
-        print(f"cbda {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    work = Path(args.work_dir)
+    if command == "train":
+        resume = Path(args.resume_from) if args.resume_from else bool(args.resume)
+        cfg = _config(args, work, bool(resume))
+        if args.dry_run:
+            import yaml
+            from .trainer import preflight
+            preflight(cfg, work, resume)
+            print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None), end="")
+            return 0
+        from .trainer import train
+        train(cfg, work, resume=resume, progress=not args.no_progress)
+        return 0
+    from .trainer import evaluate_checkpoint
+    cfg = _config(args, work, True)
+    evaluate_checkpoint(cfg, work, args.checkpoint)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `cbda` command; returns the exit status (0, or 2 for a user's mistake)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage() + "\n\n" + __doc__.split("\n\n")[1], file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"cbda: error: unknown command {command!r} (expected one of {', '.join(COMMANDS)})",
+              file=sys.stderr)
+        return 2
+    import cbda
+    from .errors import TrainError
+    try:
+        # options and key=value overrides may come in any order
+        args = _parsers()[command].parse_intermixed_args(argv[1:])
+        return _run(command, args)
+    except (UsageError, TrainError, cbda.CbdaError) as e:
+        _error(command, e)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be read or written
+        _error(command, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        return 2
+    except KeyboardInterrupt:
+        print(f"cbda {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _error(command: str, message) -> None:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"cbda {command}: error: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":

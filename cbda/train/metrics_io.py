@@ -6,7 +6,9 @@ metrics.json = {"name", "strategy", "budget", "classes": [...],
                             "num_picks", "miou_before" (when evaluated before the round)}],
                 "evals": [{"iteration", "miou", "min_iou"}],
                 "final": {"miou", "per_class_iou": {class: iou %}, "min_iou", "min_class",
-                          "class_pixels", "iteration"}}
+                          "class_pixels", "iteration"},
+                "environment": {"torch", "threads", "device", "selection_backend", "world_size"},
+                "seconds"}
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 import os
 import warnings
 from pathlib import Path
+
+from .errors import RunError
 
 
 def _clean(obj):
@@ -41,8 +45,14 @@ def read_metrics(run: str | Path) -> dict:
     p = Path(run)
     p = p / "metrics.json" if p.is_dir() else p
     if not p.is_file():
-        raise FileNotFoundError(f"no metrics.json at {p}: is it a cbda train work dir?")
-    return json.loads(p.read_text())
+        raise RunError(f"no metrics.json at {p}: is it the work dir of a finished cbda train run?")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{p} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{p} is not a cbda metrics.json (top level is {type(data).__name__})")
+    return data
 
 
 class ScalarLog:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import RunError
 from .metrics_io import read_metrics
 
 
@@ -103,20 +104,30 @@ def plot_iou_gain(base: tuple[str, dict], other: tuple[str, dict], path: str | P
     plt.close(fig)
 
 
-def plot_imbalance(runs: list[tuple[str, dict]], path: str | Path) -> None:
-    """Imbalance score of the labelled set after each round, one line per run."""
+def imbalance_figure(runs: list[tuple[str, dict]]):
+    """(figure, axes) of the imbalance score of the labelled set after each round, one line per
+    run; the round axis has whole-number ticks only."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, m in runs:
         rs = [r for r in m.get("rounds") or [] if r.get("imbalance_score") is not None]
         if rs:
             ax.plot([r["round"] for r in rs], [r["imbalance_score"] for r in rs], marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("imbalance score (KL to uniform / ln C)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig, ax
+
+
+def plot_imbalance(runs: list[tuple[str, dict]], path: str | Path) -> None:
+    """Imbalance score of the labelled set after each round, one line per run, as a PNG."""
+    fig, _ = imbalance_figure(runs)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plt().close(fig)
 
 
 def plot_histograms(runs: list[tuple[str, dict]], path: str | Path) -> None:
@@ -147,15 +158,15 @@ def report(run_dirs: list[str | Path], out_dir: str | Path | None = None, baseli
     out_dir: iou_gain_<run>.png for every run against the baseline (default: the first run),
     imbalance.png, histograms.png."""
     runs = [(_label(Path(d), m), m) for d in run_dirs for m in [read_metrics(d)]]
+    labels = [l for l, _ in runs]
+    if baseline is not None and baseline not in labels:
+        raise RunError(f"--baseline: {baseline!r} is not one of the runs ({', '.join(labels)})")
     text = table(runs)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text + "\n")
         if plots:
-            labels = [l for l, _ in runs]
-            if baseline is not None and baseline not in labels:
-                raise ValueError(f"--baseline {baseline!r} is not one of the runs: {labels}")
             base = runs[labels.index(baseline)] if baseline is not None else runs[0]
             for run in runs:
                 if run is not base and run[1].get("final") and base[1].get("final"):

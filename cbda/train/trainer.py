@@ -10,7 +10,6 @@ same picks, the same weights.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import sys
 import time
@@ -29,39 +28,109 @@ from . import distributed as dist_utils
 from .acquisition import run_round, round_summary
 from .data import GTAV, Cityscapes, Synthia
 from .data.imageio import resize_nearest
-from .data.labels import IGNORE_INDEX, class_names
+from .data.labels import class_names
 from .data.sampler import BatchStream, ClassBalancedSampler, ShuffledStream, class_presence
-from .data.synthetic import ensure_generated
+from .data.generated import check_generation, ensure_generated
+from .errors import CheckpointError, ConfigError, DataFolderError, RunError
+from . import schema
+from .schema import check_radius
 from .evaluate import evaluate, summarize
 from .losses import cross_entropy, local_consistency, negative_learning
-from .metrics_io import ScalarLog, write_json
+from .metrics_io import ScalarLog, read_metrics, write_json
 from .model import build_model
 from .report import format_results
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODES = ("adapt", "source_only", "supervised")
+MODES = schema.MODES
+
+
+RUN_MARKER = ".cbda_run"  # written into every work dir cbda trains in
 
 
 def resolve_roots(cfg: dict, work_dir: Path) -> tuple[Path | None, Path]:
-    """(source_root, target_root). With `data.generate` set, missing roots default to
-    <work_dir>/data/<layout> and the built-in dataset is generated there if absent."""
+    """(source_root, target_root); source_root is None in mode supervised. With `data.generate`
+    set, missing roots default to <generate.dir or work_dir/data>/<layout>."""
     data = cfg["data"]
     gen = data.get("generate")
-    src_layout = data.get("source")
+    src_layout = data.get("source") or "gtav"
     src, tgt = data.get("source_root"), data.get("target_root")
     if gen:
         base = Path(gen.get("dir") or work_dir / "data")
-        src = Path(src) if src else base / (src_layout or "gtav")
+        src = Path(src) if src else base / src_layout
         tgt = Path(tgt) if tgt else base / "cityscapes"
-        if dist_utils.rank() == 0:
-            ensure_generated(gen, src, tgt, src_layout or "gtav", log=_log)
-        dist_utils.barrier()
     if tgt is None:
-        raise ValueError("data.target_root is not set: point it at the Cityscapes folder")
-    if src is None and src_layout and cfg.get("mode", "adapt") != "supervised":
-        raise ValueError(f"data.source_root is not set: point it at the {src_layout} folder")
-    return (Path(src) if src else None), Path(tgt)
+        raise ConfigError("data.target_root: not set; point it at the Cityscapes folder")
+    if cfg.get("mode", "adapt") == "supervised":
+        return None, Path(tgt)
+    if src is None:
+        raise ConfigError(f"data.source_root: not set; point it at the {src_layout} folder")
+    return Path(src), Path(tgt)
+
+
+def check_work_dir(work_dir: Path) -> None:
+    """Refuse a --work-dir that is a file or a non-empty folder cbda did not train in (its
+    outputs would overwrite the user's files). Reads only."""
+    if not work_dir.exists():
+        return
+    if not work_dir.is_dir():
+        raise DataFolderError(f"--work-dir: {work_dir} is a file, not a folder")
+    names = sorted(p.name for p in work_dir.iterdir())
+    # runs of earlier versions carry no marker, but always a config.yaml beside their outputs
+    legacy = "config.yaml" in names and bool({"metrics.json", "checkpoints"} & set(names))
+    if names and RUN_MARKER not in names and not legacy:
+        raise DataFolderError(f"--work-dir: {work_dir} is a non-empty folder that is not a cbda work "
+                              f"dir (it holds e.g. {names[0]}); choose a new or empty folder")
+
+
+def check_compatible(cfg: dict, payload: dict, path: Path | str) -> None:
+    """Raise CheckpointError when a checkpoint was written with another model or class count
+    than `cfg` (its weights would not fit, or would mean other classes)."""
+    saved = payload.get("config") or {}
+    model = saved.get("model") or {}
+    # compare the keys the checkpoint knows (runs of earlier versions filled fewer defaults);
+    # the pretrained file only seeds a new run
+    diff = [k for k in model if k in cfg["model"] and model[k] != cfg["model"][k] and k != "pretrained"]
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was written with model.{diff[0]}={model[diff[0]]!r}, "
+                              f"the config has {cfg['model'][diff[0]]!r}")
+    c = (saved.get("data") or {}).get("num_classes")
+    if c is not None and c != cfg["data"]["num_classes"]:
+        raise CheckpointError(f"checkpoint {path} was written with data.num_classes={c!r}, "
+                              f"the config has {cfg['data']['num_classes']!r}")
+
+
+def _open_target(cfg: dict, root: Path, split: str = "train", with_labels: bool = True):
+    return Cityscapes(root, split, None, int(cfg["data"]["num_classes"]), with_labels=with_labels)
+
+
+def preflight(cfg: dict, work_dir: str | Path, resume: bool | str | Path = False) -> None:
+    """Every check of a run that writes nothing and reads no image: the work dir, the
+    pretrained file, the dataset roots (or, with data.generate, that cbda may write there), the
+    radius against the label size, and the checkpoint to resume from. Raises a TrainError
+    subclass (ConfigError, DataFolderError, DatasetNotFoundError, CheckpointError)."""
+    work_dir = Path(work_dir)
+    check_work_dir(work_dir)
+    pre = cfg["model"].get("pretrained")
+    if pre and not Path(pre).is_file():
+        raise ConfigError(f"model.pretrained: no such file {pre} (a local torchvision resnet file, or null)")
+    src, tgt = resolve_roots(cfg, work_dir)
+    gen = cfg["data"].get("generate")
+    if gen:
+        check_generation(gen, src, tgt, cfg["data"].get("source") or "gtav")
+    else:
+        target = _open_target(cfg, tgt)
+        _open_target(cfg, tgt, "val")
+        if src is not None:
+            build_source(cfg, src, None)
+        if not cfg["data"].get("label_size") and cfg["mode"] == "adapt":
+            check_radius(int(cfg["active"]["radius"]), target.native_label_size())
+    if resume is True:
+        if ckpt.latest(work_dir / "checkpoints") is None:
+            raise CheckpointError(f"--resume: no checkpoint in {work_dir / 'checkpoints'}")
+    elif resume:
+        if not Path(resume).is_file():
+            raise CheckpointError(f"--resume-from: no such file {resume}")
 
 
 def build_source(cfg: dict, root: Path, size, label_size="image"):
@@ -70,7 +139,7 @@ def build_source(cfg: dict, root: Path, size, label_size="image"):
         return GTAV(root, size, C, label_size=label_size)
     if kind == "synthia":
         return Synthia(root, size, C, label_size=label_size)
-    raise ValueError(f"data.source must be gtav or synthia, got {kind!r}")
+    raise ConfigError(f"data.source: expected gtav or synthia, got {kind!r}")
 
 
 def _log(msg: str) -> None:
@@ -94,36 +163,52 @@ class Trainer:
     """Build everything from a config; `run()` trains (or resumes) and returns metrics.json."""
 
     def __init__(self, cfg: dict, work_dir: str | Path, resume: bool | str | Path = False,
-                 progress: bool = True):
-        self.cfg = cfg
+                 progress: bool = True, _evaluating: bool = False):
+        # a validated config is returned unchanged; a hand-made dict gets the same checks and
+        # defaults as one loaded from YAML
+        self.cfg = cfg = schema.validate(cfg)
         self.work_dir = Path(work_dir)
-        self.mode = cfg.get("mode", "adapt")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        dev = cfg.get("device", "auto")
+        self.mode = cfg["mode"]
+        dev = cfg["device"]
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         self.rank, self.world, local = dist_utils.init(torch.device(dev).type)
         self.device = torch.device(f"cuda:{local}" if dev == "cuda" else dev)
+        preflight(cfg, self.work_dir, resume)
+        if not resume and not _evaluating and ckpt.latest(self.work_dir / "checkpoints") is not None:
+            raise CheckpointError(
+                f"--work-dir: {self.work_dir} holds checkpoints of an earlier run (latest "
+                f"{ckpt.latest(self.work_dir / 'checkpoints').name}); pass --resume to continue it, "
+                f"or choose another work dir")
+        # read the checkpoint now: an unreadable one fails the run before any data is touched
+        found = self._find_checkpoint(resume) if resume else None
+        if found is not None:
+            check_compatible(cfg, found[1], found[0])
+        dist_utils.barrier()  # every rank has checked before rank 0 writes
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / RUN_MARKER).touch()
+            for folder in (self.work_dir, self.work_dir / "checkpoints", self.work_dir / "cache"):
+                for p in ckpt.remove_stale_temporaries(folder):
+                    _log(f"removed {p}, left by an interrupted save")
+        dist_utils.barrier()
         self.progress = progress and self.rank == 0
         tr = cfg["train"]
-        seed_everything(int(cfg.get("seed", 0)) + self.rank, bool(tr.get("deterministic", False)))
+        seed_everything(int(cfg["seed"]) + self.rank, bool(tr["deterministic"]))
         self.C = int(cfg["data"]["num_classes"])
         self.classes = class_names(self.C)
         self._build_data()
         self.model = build_model(cfg["model"], self.C).to(self.device)
-        self.channels_last = bool(tr.get("channels_last", True))
+        self.channels_last = bool(tr["channels_last"])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         bb, head = self.model.param_groups()
-        self.base_lrs = [float(tr["lr"]), float(tr["lr"]) * float(tr.get("head_lr_mult", 10.0))]
+        self.base_lrs = [float(tr["lr"]), float(tr["lr"]) * float(tr["head_lr_mult"])]
         self.optimizer = torch.optim.SGD(
             [{"params": bb, "lr": self.base_lrs[0]}, {"params": head, "lr": self.base_lrs[1]}],
-            lr=self.base_lrs[0], momentum=float(tr.get("momentum", 0.9)),
-            weight_decay=float(tr.get("weight_decay", 5e-4)))
+            lr=self.base_lrs[0], momentum=float(tr["momentum"]), weight_decay=float(tr["weight_decay"]))
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -131,17 +216,41 @@ class Trainer:
         self.iteration = 0
         self.metrics = {"name": cfg.get("name"), "mode": self.mode,
                         "strategy": cfg["active"].get("strategy"), "budget": cfg["active"].get("budget"),
-                        "classes": list(self.classes), "rounds": [], "evals": []}
+                        "classes": list(self.classes), "rounds": [], "evals": [],
+                        "environment": self.environment()}
         self.state = cbda.ActiveLabelState(image_size=tuple(self.label_size), num_classes=self.C,
                                            num_images=len(self.tgt_train))
         self._label_cache: dict[int, torch.Tensor] = {}
-        if resume:
-            self._resume(resume)
+        if found is not None:
+            path, payload = found
+            env = self.environment()
+            self.restore(payload, path)
+            before = self.metrics.get("environment")
+            if before is not None and before != env:
+                changed = ", ".join(f"{k} {before.get(k)} -> {env[k]}" for k in env if before.get(k) != env[k])
+                _log(f"warning: resumed with {changed}; the numbers may differ in the last bits from "
+                     f"an uninterrupted run")
+            _log(f"resumed from {path} at iteration {self.iteration} ({self.state.num_rounds} rounds done)")
+
+    def environment(self) -> dict:
+        """What, besides the config and the seed, decides a run's numbers bit for bit: float
+        sums depend on the thread count, the torch build and the selection backend."""
+        try:
+            from cbda.api import dispatch
+            backend = dispatch.resolve(self.cfg["active"]["backend"], self.device).NAME
+        except Exception as e:  # noqa: BLE001 - a missing backend is reported by the round itself
+            backend = f"unavailable ({type(e).__name__})"
+        return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "device": str(self.device), "selection_backend": backend, "world_size": self.world}
 
     # ---------------------------------------------------------------- data
     def _build_data(self) -> None:
         cfg, data = self.cfg, self.cfg["data"]
         src_root, tgt_root = resolve_roots(cfg, self.work_dir)
+        if data.get("generate"):
+            if self.rank == 0:
+                ensure_generated(data["generate"], src_root, tgt_root, data.get("source") or "gtav", log=_log)
+            dist_utils.barrier()
         tsize = tuple(data["target_size"])
         supervised = self.mode == "supervised"
         # target images only: their training labels come from the labelling state
@@ -157,7 +266,7 @@ class Trainer:
                 presence = class_presence(
                     len(self.src), self.src.read_gt, self.C,
                     cache=self.work_dir / "cache" / "source_class_presence.json",
-                    key=[str(src_root.resolve())] + self.src.names())
+                    key=[str(src_root.resolve())] + self.src.file_stamps())
                 self.src_stream = ClassBalancedSampler(presence, self.C, seed)
             else:
                 self.src_stream = ShuffledStream(len(self.src), seed)
@@ -224,13 +333,25 @@ class Trainer:
         ckpt.prune(d, int(self.cfg["train"].get("keep_checkpoints", 2)))
         return path
 
-    def _resume(self, resume) -> None:
-        path = ckpt.latest(self.work_dir / "checkpoints") if resume is True else Path(resume)
-        if path is None or not Path(path).is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint found in {self.work_dir / 'checkpoints'}")
-        p = ckpt.load(path)
-        self.model.load_state_dict(p["model"])
-        self.optimizer.load_state_dict(p["optimizer"])
+    def _find_checkpoint(self, resume) -> tuple[Path, dict]:
+        """(path, payload) to resume from: `resume` True means the newest readable checkpoint
+        of the work dir (unreadable newer ones are skipped with a warning naming them), a path
+        means that file. Raises CheckpointError."""
+        if resume is True:
+            return ckpt.latest_good(self.work_dir / "checkpoints", warn=_log)
+        return Path(resume), ckpt.load(resume)
+
+    def restore(self, p: dict, path: Path | str = "checkpoint") -> None:
+        """Load a checkpoint payload (ckpt.load) into the model, optimiser, state, streams and
+        RNGs. Raises CheckpointError when it was written by a run with another model or class
+        count."""
+        check_compatible(self.cfg, p, path)
+        try:
+            self.model.load_state_dict(p["model"])
+            self.optimizer.load_state_dict(p["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({first})") from None
         self.state = dist_utils.state_from_bytes(p["state"])
         self.iteration = int(p["iteration"])
         self.metrics = p["metrics"]
@@ -240,7 +361,6 @@ class Trainer:
         self.tgt_stream.skip_to(self.consumed["target"] * int(self.cfg["train"]["batch_target"]))
         if self.rank == 0:
             ckpt.set_rng_states(p["rng"])
-        _log(f"resumed from {path} at iteration {self.iteration} ({self.state.num_rounds} rounds done)")
 
     # ---------------------------------------------------------------- steps
     def _upsample(self, logits, size):
@@ -307,10 +427,19 @@ class Trainer:
         entry = round_summary(self.state, self.classes, k, self.iteration, n_picks)
         entry.update(entry_extra, seconds=round(time.time() - t0, 3))
         self.metrics["rounds"].append(entry)
+        imb = entry["imbalance_score"]
         _log(f"round {k}: {n_picks} picks, labelled {100 * (entry['labelled_fraction'] or 0):.2f}% "
-             f"of target pixels, imbalance score {entry['imbalance_score']}")
+             f"of target pixels, imbalance score {'-' if imb is None else f'{imb:.3f}'}")
 
     def evaluate(self) -> dict:
+        """Evaluate on the target val split; the result is also appended to metrics["evals"]."""
+        res = self.evaluate_split()
+        self.metrics["evals"].append({"iteration": self.iteration, "miou": res["miou"],
+                                      "min_iou": res["min_iou"]})
+        return res
+
+    def evaluate_split(self) -> dict:
+        """The "final" object (evaluate.summarize) of the model now, on the target val split."""
         ev = self.cfg.get("eval", {})
         loader = self._eval_loader(self.tgt_val, int(ev.get("batch_size", 1)))
         conf = evaluate(self.model, loader, self.C, self.prepare, bool(ev.get("flip", True)),
@@ -318,22 +447,16 @@ class Trainer:
         conf = dist_utils.all_reduce_sum(conf.to(self.device)).cpu()
         res = summarize(conf.numpy(), self.classes)
         res["iteration"] = self.iteration
-        self.metrics["evals"].append({"iteration": self.iteration, "miou": res["miou"],
-                                      "min_iou": res["min_iou"]})
         return res
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
         cfg, tr, active = self.cfg, self.cfg["train"], self.cfg["active"]
         iters = int(tr["iters"])
-        schedule = [int(s) for s in (active.get("schedule") or [])] if self.mode == "adapt" else []
-        if self.mode == "adapt":
-            if len(schedule) != int(active["rounds"]):
-                raise ValueError(f"active.schedule has {len(schedule)} iterations but active.rounds = {active['rounds']}")
-            if any(s >= iters for s in schedule):
-                _log(f"warning: schedule {schedule} has rounds at or after train.iters={iters}; they will not run")
+        # the schema has checked it: one iteration per round, increasing, before train.iters
+        schedule = [int(s) for s in active["schedule"]] if self.mode == "adapt" else []
         if self.rank == 0:
-            (self.work_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            (self.work_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None))
         log = ScalarLog(self.work_dir, enabled=self.rank == 0, start_iteration=self.iteration)
         src_iter = self._loader(self.src, self.src_stream, int(tr["batch_source"])) if self.src is not None else None
         tgt_iter = None
@@ -407,17 +530,31 @@ def train(cfg: dict, work_dir: str | Path, resume=False, progress: bool = True, 
 
 def evaluate_checkpoint(cfg: dict, work_dir: str | Path, checkpoint: str | Path | None = None,
                         quiet: bool = False) -> dict:
-    """Evaluate a checkpoint (default: the latest in work_dir) and print its results table;
-    the "final" entry of metrics.json is updated. Returns the metrics."""
-    path = Path(checkpoint) if checkpoint else ckpt.latest(Path(work_dir) / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(work_dir) / 'checkpoints'}")
-    trainer = Trainer(cfg, work_dir, resume=path, progress=False)
-    final = trainer.evaluate()
-    trainer.metrics["final"] = final
+    """Evaluate a checkpoint (default: the newest readable one in work_dir) and print its
+    results table. In metrics.json only "final" is recomputed; every other field is kept as it
+    was (the checkpoint's metrics are the fallback when there is no metrics.json). Returns the
+    metrics."""
+    work_dir = Path(work_dir)
+    if checkpoint:
+        path, payload = Path(checkpoint), ckpt.load(checkpoint)
+    else:
+        path, payload = ckpt.latest_good(work_dir / "checkpoints", warn=_log)
+    cfg = schema.validate(cfg)
+    check_compatible(cfg, payload, path)  # before any data is read
+    trainer = Trainer(cfg, work_dir, resume=False, progress=False, _evaluating=True)
+    trainer.restore(payload, path)
+    final = trainer.evaluate_split()
+    metrics_path = work_dir / "metrics.json"
+    metrics = dict(trainer.metrics)
+    if metrics_path.is_file():
+        try:
+            metrics = read_metrics(metrics_path)
+        except RunError:
+            _log(f"warning: {metrics_path} is unreadable; rewriting it from {path}")
+    metrics["final"] = final
     if trainer.rank == 0:
-        write_json(Path(work_dir) / "metrics.json", trainer.metrics)
+        write_json(metrics_path, metrics)
         if not quiet:
-            print(format_results(trainer.metrics), flush=True)
+            print(format_results(metrics), flush=True)
     dist_utils.shutdown()
-    return trainer.metrics
+    return metrics

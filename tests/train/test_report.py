@@ -33,3 +33,22 @@ def test_report_across_runs(tmp_path):
     assert "| cbda | 91.0 | 79.0 | 25.0 | 65.0 | 25.0 | 0.050 |" in text
     for f in ("report.md", "iou_gain_cbda.png", "imbalance.png", "histograms.png"):
         assert (tmp_path / "out" / f).is_file()
+
+
+def test_imbalance_plot_has_whole_round_ticks():
+    from cbda.train.report import imbalance_figure
+    runs = [("ra", _metrics("ra", [1.0, 2.0, 3.0], [0.4, 0.5])), ("cbda", _metrics("cbda", [1.0, 2.0, 3.0], [0.1, 0.05]))]
+    fig, ax = imbalance_figure(runs)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_results_table_rounds_every_float():
+    import re
+    m = _metrics("cbda", [90.123456789, 20.0, 33.333333333], [0.31234567891234567, 0.2])
+    m["final"]["iteration"] = 30
+    text = format_results(m)
+    assert not re.search(r"\d\.\d{4,}", text), text
+    assert "0.312" in text and "90.1" in text

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import TrainError
 from .imageio import read_rgb, resize_nearest
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(TrainError, FileNotFoundError):
     """A dataset folder (or its files) is missing; the message names the folder expected."""
 
 
@@ -63,6 +64,15 @@ class SegmentationFiles(Dataset):
 
     def names(self) -> list[str]:
         return [p.name for p in self.images]
+
+    def file_stamps(self) -> list[str]:
+        """"name:size:mtime_ns" of every label file (images when there are no labels): a cache
+        key that changes when a file is replaced, not only when names change."""
+        out = []
+        for p in self.labels if self.labels is not None else self.images:
+            st = p.stat()
+            out.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+        return out
 
     def read_gt(self, index: int) -> np.ndarray:
         """(H, W) uint8 train ids (255 void) at the label file's native size."""

@@ -16,7 +16,6 @@ as the real datasets.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -222,62 +221,58 @@ def _synthia_ids(lab: np.ndarray) -> np.ndarray:
     return lut[lab]
 
 
+def source_names(layout: str, index: int) -> tuple[str, str]:
+    """(image, label) paths, relative to the root, of source image `index` in `layout`."""
+    if layout == "gtav":
+        name = f"{index + 1:05d}.png"
+        return f"images/{name}", f"labels/{name}"
+    if layout == "synthia":
+        name = f"{index:07d}.png"
+        return f"RGB/{name}", f"GT/LABELS/{name}"
+    raise ValueError(f"unknown source layout {layout!r} (gtav or synthia)")
+
+
+def cityscapes_names(split: str, index: int) -> tuple[str, str]:
+    """(image, label) paths, relative to the root, of target image `index` of `split`."""
+    cities = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}[split]
+    city = cities[index % len(cities)]
+    stem = f"{city}_{index // len(cities):06d}_000019"
+    return (f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
+            f"gtFine/{split}/{city}/{stem}_gtFine_labelIds.png")
+
+
+def _save(root: Path, rel: str, array: np.ndarray) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.dtype == np.uint16:
+        write_png16(path, array)
+    else:
+        Image.fromarray(array).save(path)
+
+
 def write_source(root: str | Path, layout: str, num_images: int, size: tuple[int, int],
                  seed: int = 0) -> None:
     """Write `num_images` synthetic-domain scenes in the GTAV or SYNTHIA layout under root."""
     root = Path(root)
+    source_names(layout, 0)  # an unknown layout fails before anything is written
     for i in range(num_images):
         img, lab = sample(seed, "source", i, size, "synthetic")
+        img_rel, lab_rel = source_names(layout, i)
+        _save(root, img_rel, img)
         if layout == "gtav":
-            (root / "images").mkdir(parents=True, exist_ok=True)
-            (root / "labels").mkdir(parents=True, exist_ok=True)
-            name = f"{i + 1:05d}.png"
-            Image.fromarray(img).save(root / "images" / name)
-            Image.fromarray(_cityscapes_ids(lab)).save(root / "labels" / name)
-        elif layout == "synthia":
-            (root / "RGB").mkdir(parents=True, exist_ok=True)
-            (root / "GT" / "LABELS").mkdir(parents=True, exist_ok=True)
-            name = f"{i:07d}.png"
-            Image.fromarray(img).save(root / "RGB" / name)
+            _save(root, lab_rel, _cityscapes_ids(lab))
+        else:
             ids = _synthia_ids(lab)
             inst = np.zeros_like(ids)  # channel 1 holds instance ids in SYNTHIA; unused here
-            write_png16(root / "GT" / "LABELS" / name, np.stack([ids, inst, inst], -1))
-        else:
-            raise ValueError(f"unknown source layout {layout!r} (gtav or synthia)")
+            _save(root, lab_rel, np.stack([ids, inst, inst], -1))
 
 
 def write_cityscapes(root: str | Path, split: str, num_images: int, size: tuple[int, int],
                      seed: int = 0) -> None:
     """Write `num_images` real-domain scenes of `split` in the Cityscapes layout under root."""
     root = Path(root)
-    cities = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}[split]
     for i in range(num_images):
         img, lab = sample(seed, split, i, size, "real")
-        city = cities[i % len(cities)]
-        stem = f"{city}_{i // len(cities):06d}_000019"
-        (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
-        (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
-        Image.fromarray(_cityscapes_ids(lab)).save(
-            root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
-
-
-def ensure_generated(spec: dict, source_root: str | Path, target_root: str | Path,
-                     source_layout: str = "gtav", log=print) -> None:
-    """Generate the built-in dataset into source_root / target_root unless an identical one
-    (same spec, recorded in `.cbda_generated.json`) is already there.
-
-    spec: {"seed", "size": [H, W], "num_source", "num_train", "num_val"}."""
-    params = {"seed": int(spec.get("seed", 0)), "size": [int(s) for s in spec["size"]],
-              "num_source": int(spec["num_source"]), "num_train": int(spec["num_train"]),
-              "num_val": int(spec["num_val"]), "source_layout": source_layout, "version": 1}
-    marks = [Path(source_root) / ".cbda_generated.json", Path(target_root) / ".cbda_generated.json"]
-    if all(m.is_file() and json.loads(m.read_text()) == params for m in marks):
-        return
-    log(f"generating the built-in dataset into {source_root} and {target_root} ...")
-    size = tuple(params["size"])
-    write_source(source_root, source_layout, params["num_source"], size, params["seed"])
-    write_cityscapes(target_root, "train", params["num_train"], size, params["seed"])
-    write_cityscapes(target_root, "val", params["num_val"], size, params["seed"])
-    for m in marks:
-        m.write_text(json.dumps(params))
+        img_rel, lab_rel = cityscapes_names(split, i)
+        _save(root, img_rel, img)
+        _save(root, lab_rel, _cityscapes_ids(lab))
