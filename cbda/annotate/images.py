@@ -37,12 +37,14 @@ class ImageCatalog:
         except TypeError:
             raise InputError(f"images: expected a sequence of file paths, got {type(paths).__name__}") from None
         self.root = Path(os.path.abspath(os.fspath(root))) if root is not None else _common_root(self.paths)
+        self._names = []
         for p in self.paths:
             try:
-                p.relative_to(self.root)
+                self._names.append(p.relative_to(self.root).as_posix())
             except ValueError:
                 raise InputError(f"image_root: image {p} is not inside {self.root}") from None
-        self._by_name = {self.name(i): i for i in range(len(self.paths))}
+        self._by_name = {n: i for i, n in enumerate(self._names)}
+        self._copied = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,7 +57,8 @@ class ImageCatalog:
 
     def name(self, image_id: int) -> str:
         """Path of ``image_id`` relative to the root, with '/' separators."""
-        return self.path(image_id).relative_to(self.root).as_posix()
+        self.path(image_id)
+        return self._names[int(image_id)]
 
     def id_of(self, name: str) -> int | None:
         """Image id of a name as a tool reports it (a relative path; a bare file name works when
@@ -91,13 +94,13 @@ class ImageCatalog:
                 im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC).save(dst)
             new_paths[i] = dst
         out = ImageCatalog.__new__(ImageCatalog)
-        out.paths, out.root, out._by_name = new_paths, self.root, self._by_name
+        out.paths, out.root, out._names, out._by_name = new_paths, self.root, self._names, self._by_name
         out._copied = (copy_dir, set(ids))
         return out
 
     def file_for(self, image_id: int) -> tuple[Path, Path]:
         """(served file, its root): the copy folder for copied images, else the root."""
-        copied = getattr(self, "_copied", None)
+        copied = self._copied
         if copied is not None and int(image_id) in copied[1]:
             return self.paths[int(image_id)], copied[0]
         return self.paths[int(image_id)], self.root
