@@ -3,6 +3,8 @@
   cbda train --config demo --work-dir runs/demo [key=value ...] [--resume [CKPT]]
   cbda eval  --work-dir runs/demo [--checkpoint CKPT] [key=value ...]
   cbda report runs/ra runs/cbda [--out DIR] [--baseline ra]
+  cbda export --work-dir runs/demo [--round N] --format labelstudio|cvat|png|json|preview [...]
+  cbda import --work-dir runs/demo FILE [--round N] [--replace]
 """
 from __future__ import annotations
 
@@ -32,7 +34,46 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="folder for report.md and the PNG plots")
     r.add_argument("--baseline", help="run (folder name) the IoU gains are measured against")
     sub.add_parser("configs", help="list the shipped configs")
+    _add_annotation_commands(sub)
     return ap
+
+
+def _add_annotation_commands(sub) -> None:
+    from ..annotate.roundtrip import FORMATS
+    x = sub.add_parser("export", help="write a round's picks for annotation tools (human labels)")
+    x.add_argument("--work-dir", required=True)
+    x.add_argument("--round", type=int, help="default: the round waiting for labels (else the last)")
+    x.add_argument("--format", nargs="+", choices=FORMATS, default=["labelstudio"], metavar="FORMAT",
+                   help=f"one or more of {', '.join(FORMATS)}")
+    x.add_argument("--out", help="default: <work-dir>/annotate/round_NNNN")
+    x.add_argument("--image-url", help="Label Studio tasks point at IMAGE_URL/<name> (default: local file serving)")
+    x.add_argument("--local-root", help="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT the local paths are relative to")
+    x.add_argument("--config", help="default: <work-dir>/config.yaml")
+    i = sub.add_parser("import", help="record a Label Studio JSON or CVAT XML export as a round's labels")
+    i.add_argument("--work-dir", required=True)
+    i.add_argument("file", help="the tool's export (Label Studio: JSON; CVAT: CVAT for images 1.1 XML)")
+    i.add_argument("--round", type=int, help="default: read from the file (Label Studio) or the pending round")
+    i.add_argument("--replace", action="store_true", help="overwrite labels the round already has")
+    i.add_argument("--config", help="default: <work-dir>/config.yaml")
+
+
+def _export(args) -> None:
+    from .human import export_from_work_dir
+    work = Path(args.work_dir)
+    args.overrides = []
+    files = export_from_work_dir(_config(args, work, True), work, args.round, args.format, args.out,
+                                 args.image_url, args.local_root)
+    for fmt, paths in files.items():
+        print(f"{fmt}: {len(paths)} file(s), e.g. {paths[0]}" if paths else f"{fmt}: nothing to write")
+
+
+def _import(args) -> None:
+    from .human import import_into_work_dir
+    work = Path(args.work_dir)
+    args.overrides = []
+    report = import_into_work_dir(_config(args, work, True), work, args.file, args.round, args.replace)
+    print(report.summary())
+    print(f"recorded; continue with: cbda train --work-dir {work} --resume")
 
 
 def _config(args, work_dir: Path, resuming: bool) -> dict:
@@ -56,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import report
         print(report(args.runs, args.out, args.baseline))
         return 0
+    from ..errors import InputError, StateError
     from .config import ConfigError
     from .data.base import DatasetNotFoundError
+    from .human import LabelsPendingError
     try:
         if args.command == "train":
             from .trainer import train
@@ -69,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(args.work_dir)
             cfg = _config(args, work, True)
             evaluate_checkpoint(cfg, work, args.checkpoint)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as e:
+        elif args.command == "export":
+            _export(args)
+        elif args.command == "import":
+            _import(args)
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, InputError, StateError) as e:
+        print(f"cbda {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except LabelsPendingError as e:
         print(f"cbda {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
