@@ -84,7 +84,7 @@ def test_labelstudio_export_content(setup):
     assert [t["data"]["cbda_image_id"] for t in tasks] == [0, 2, 3]
     t0 = tasks[0]
     assert t0["data"]["cbda_name"] == "cityA/img0_leftImg8bit.png"
-    assert t0["data"]["image"] == "/data/local-files/?d=cityA/img0_leftImg8bit.png"
+    assert t0["data"]["image"] == "/data/local-files/?d=train/cityA/img0_leftImg8bit.png"
     assert t0["data"]["cbda_windows"] == [[9, 28, 11, 29]]  # clipped at the right border
     (res,) = t0["predictions"][0]["result"]
     assert res["value"]["brushlabels"] == ["sky"] and (res["original_height"], res["original_width"]) == (H, W)
@@ -248,7 +248,7 @@ def test_images_not_at_the_label_size_are_served_resized(setup):
     tasks = json.load(open(files["labelstudio"][1]))
     copy = tmp / "out" / "images" / "cityA" / "img0_leftImg8bit.png"
     assert Image.open(copy).size == (W, H)
-    assert tasks[0]["data"]["image"] == "/data/local-files/?d=cityA/img0_leftImg8bit.png"
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=images/cityA/img0_leftImg8bit.png"
 
 
 def test_export_refuses_a_foreign_folder(setup):

@@ -105,19 +105,27 @@ class ImageCatalog:
             return self.paths[int(image_id)], copied[0]
         return self.paths[int(image_id)], self.root
 
+    def local_files_root(self, image_id: int) -> tuple[Path, Path]:
+        """(document root, storage path) for Label Studio's local file serving: the folder the
+        names are relative to is the storage (Label Studio refuses a storage equal to its
+        document root), its parent the document root."""
+        _, root = self.file_for(image_id)
+        return root.parent, root
+
     def reference(self, image_id: int, image_url: str | None = None, local_root=None) -> str:
         """How a Label Studio task points at the image.
 
         ``image_url`` given: ``image_url`` + the URL-quoted name (a web server over the root).
         Else Label Studio's local file serving: ``/data/local-files/?d=<path relative to
         local_root>`` (``local_root`` = LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; default the
-        folder the served file's name is relative to).
+        parent of the folder the names are relative to, see ``local_files_root``).
         """
         name = self.name(image_id)
         if image_url:
             return image_url.rstrip("/") + "/" + quote(name)
-        path, root = self.file_for(image_id)
-        base = Path(os.path.abspath(os.fspath(local_root))) if local_root is not None else root
+        path, _ = self.file_for(image_id)
+        base = (Path(os.path.abspath(os.fspath(local_root))) if local_root is not None
+                else self.local_files_root(image_id)[0])
         try:
             rel = path.relative_to(base).as_posix()
         except ValueError:

@@ -80,14 +80,19 @@ def export_round(state, round_index: int, out_dir, formats=("labelstudio",), *, 
     pred = windows.centre_class_values() if predicted is None else windows.check_window_values(predicted, "predicted")
     out = _prepare_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / MANIFEST, json.dumps({
-        "round": windows.round_index, "image_size": list(windows.image_size), "classes": names,
-        "images": {catalog.name(i): i for i in windows.image_ids.tolist()}, "formats": formats,
-    }, indent=1).encode("utf-8"))
+    manifest = {"round": windows.round_index, "image_size": list(windows.image_size), "classes": names,
+                "images": {catalog.name(i): i for i in windows.image_ids.tolist()}, "formats": formats}
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
     written: dict[str, list[str]] = {}
     served = catalog
     if any(f in ("labelstudio", "cvat", "preview") for f in formats):
         served = catalog.served(windows.image_ids.tolist(), windows.image_size, out / "images")
+    if "labelstudio" in formats and not image_url and windows.n:
+        first = int(windows.image_ids[0])
+        doc_root, storage = served.local_files_root(first)
+        manifest["labelstudio_local_files"] = {
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(local_root or doc_root), "storage_path": str(storage)}
+        atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
     for fmt in formats:
         if fmt == "labelstudio":
             d = out / "labelstudio"

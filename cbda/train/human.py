@@ -8,6 +8,7 @@ round pending, exports the round for annotation tools and stops with instruction
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..annotate import RoundWindows, export_round, import_answers
-from ..annotate.roundtrip import FORMATS
+from ..annotate.roundtrip import FORMATS, MANIFEST
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 
@@ -92,11 +93,18 @@ def pending_message(work_dir, round_index: int, windows: RoundWindows | None = N
     """What the user does next, for a round waiting for labels."""
     d = round_dir(work_dir, round_index)
     what = f" ({windows.n} windows in {windows.image_ids.shape[0]} images)" if windows is not None else ""
+    serve = ("start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="
+             "<the folder above the images folder>, add a Local files storage on the images folder")
+    try:
+        local = json.loads((d / MANIFEST).read_text())["labelstudio_local_files"]
+        serve = ("start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="
+                 f"{local['LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT']}, add a Local files storage on {local['storage_path']}")
+    except (OSError, ValueError, KeyError):
+        pass
     return "\n".join([
         f"round {round_index} waits for human labels{what}; exported to {d}:",
-        f"  Label Studio: new project, labelling interface = {d / 'labelstudio' / 'config.xml'}, import "
-        f"{d / 'labelstudio' / 'tasks.json'} (serve images with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
-        "and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<image root>, or re-export with --image-url)",
+        f"  Label Studio: {serve}; new project with the labelling interface {d / 'labelstudio' / 'config.xml'}; "
+        f"import {d / 'labelstudio' / 'tasks.json'} (or re-export with --image-url to serve the images yourself)",
         f"  CVAT: a task over the same images, upload annotations {d / 'cvat' / 'annotations.xml'} "
         "as 'CVAT 1.1'",
         f"  previews: {d / 'previews'}",
