@@ -60,6 +60,13 @@ def test_brush_mask_round_trip_and_size_check():
         brush_rle_to_mask(rle, 17, 13 + 1)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0, 1), st.integers(0, 2**31))
+def test_mask_fast_path_equals_encoding_the_rgba_buffer(h, w, p, seed):
+    m = np.random.default_rng(seed).random((h, w)) < p
+    assert mask_to_brush_rle(m) == encode_brush_rle(np.repeat(m.astype(np.uint8).ravel() * 255, 4))
+
+
 def test_brush_decode_rejects_truncated_and_bad_input():
     rle = mask_to_brush_rle(np.ones((4, 4), bool) ^ np.eye(4, dtype=bool))
     with pytest.raises(InputError, match="ends early"):

@@ -64,9 +64,14 @@ def encode_brush_rle(values) -> list[int]:
         raise InputError(f"values: expected a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
     if a.size and (a.min() < 0 or a.max() > 255):
         raise InputError("values: brush RLE words are bytes, values must lie in [0, 255]")
-    if a.shape[0] >= 2**32:
-        raise InputError(f"values: at most 2^32 - 1 values fit the 32-bit count, got {a.shape[0]}")
     lengths, vals = _runs(a.astype(np.int64))
+    return _encode_runs(lengths, vals, a.shape[0])
+
+
+def _encode_runs(lengths: np.ndarray, vals: np.ndarray, total: int) -> list[int]:
+    """The stream of ``total`` values given as runs (int64 lengths and values)."""
+    if total >= 2**32:
+        raise InputError(f"values: at most 2^32 - 1 values fit the 32-bit count, got {total}")
     # split runs longer than the widest length field (2^16) into full chunks plus a rest
     chunks = (lengths + 2**16 - 1) // 2**16
     run_vals = np.repeat(vals, chunks)
@@ -79,32 +84,40 @@ def encode_brush_rle(values) -> list[int]:
     fvals = np.stack([np.ones(k, np.int64), size_idx, run_lens - 1, run_vals], axis=1).ravel()
     fwidths = np.stack([np.ones(k, np.int64), np.full(k, 2), np.array(_WIDTHS)[size_idx],
                         np.full(k, 8)], axis=1).ravel()
-    header_vals = np.array([a.shape[0], 7] + [w - 1 for w in _WIDTHS], dtype=np.int64)
+    header_vals = np.array([total, 7] + [w - 1 for w in _WIDTHS], dtype=np.int64)
     header_widths = np.array([32, 5, 4, 4, 4, 4], dtype=np.int64)
     bits = _pack_fields(np.concatenate([header_vals, fvals]), np.concatenate([header_widths, fwidths]))
     return np.packbits(bits).tolist()
 
 
 class _BitReader:
-    def __init__(self, data: np.ndarray):
-        self.bits = np.unpackbits(data)
+    """MSB-first fields of at most 25 bits, read from a big-endian 4-byte window (about a
+    microsecond a field, where unpacking the whole stream to bits would cost 8 bytes a bit)."""
+
+    def __init__(self, data: bytes):
+        self.data = bytes(data) + b"\0\0\0\0"  # the 4-byte window may run past the end
+        self.nbits = len(data) * 8
         self.pos = 0
 
-    def read(self, width: int) -> int:
+    def _end(self, width: int) -> int:
         end = self.pos + width
-        if end > self.bits.shape[0]:
+        if end > self.nbits:
             raise InputError("rle: the brush RLE stream ends early (truncated or not brush RLE)")
-        v = 0
-        for b in self.bits[self.pos:end].tolist():
-            v = (v << 1) | b
+        return end
+
+    def read(self, width: int) -> int:
+        end = self._end(width)
+        b, off = self.pos >> 3, self.pos & 7
+        v = (int.from_bytes(self.data[b:b + 4], "big") >> (32 - off - width)) & ((1 << width) - 1)
         self.pos = end
         return v
 
     def read_words(self, count: int, width: int) -> np.ndarray:
-        end = self.pos + count * width
-        if end > self.bits.shape[0]:
-            raise InputError("rle: the brush RLE stream ends early (truncated or not brush RLE)")
-        chunk = self.bits[self.pos:end].reshape(count, width).astype(np.int64)
+        end = self._end(count * width)
+        b0, b1 = self.pos >> 3, (end + 7) >> 3
+        bits = np.unpackbits(np.frombuffer(self.data[b0:b1], dtype=np.uint8))
+        off = self.pos & 7
+        chunk = bits[off:off + count * width].reshape(count, width).astype(np.int64)
         self.pos = end
         return chunk @ (1 << np.arange(width - 1, -1, -1, dtype=np.int64))
 
@@ -124,8 +137,8 @@ def decode_brush_rle(rle, max_values: int | None = None) -> np.ndarray:
         raise InputError(f"rle: expected a list of byte values, got {type(rle).__name__}") from None
     if data.ndim != 1 or (data.size and (not np.issubdtype(data.dtype, np.integer) or data.min() < 0 or data.max() > 255)):
         raise InputError("rle: expected a flat list of ints in [0, 255]")
-    r = _BitReader(data.astype(np.uint8))
-    n = r.read(32)
+    r = _BitReader(data.astype(np.uint8).tobytes())
+    n = (r.read(16) << 16) | r.read(16)
     word = r.read(5) + 1
     widths = [r.read(4) + 1 for _ in range(4)]
     if max_values is not None and n > max_values:
@@ -151,8 +164,9 @@ def mask_to_brush_rle(mask) -> list[int]:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise InputError(f"mask: expected an (H, W) array, got shape {m.shape}")
-    rgba = np.repeat((m != 0).astype(np.uint8).ravel() * 255, 4)
-    return encode_brush_rle(rgba)
+    # runs of the RGBA buffer are the mask's runs, four times as long: never build the buffer
+    lengths, vals = _runs((m != 0).ravel())
+    return _encode_runs(lengths * 4, vals.astype(np.int64) * 255, m.size * 4)
 
 
 def brush_rle_to_mask(rle, height: int, width: int) -> np.ndarray:
