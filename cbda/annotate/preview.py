@@ -37,13 +37,14 @@ def _overlay(rgb: np.ndarray, pred: np.ndarray, boxes: np.ndarray, colours: np.n
     out[m] = (1 - _ALPHA) * out[m] + _ALPHA * colours[pred[m]].astype(np.float32)
     out = out.astype(np.uint8)
     h, w = pred.shape
+    inside = np.zeros((h, w), dtype=bool)
+    grown = np.zeros((h, w), dtype=bool)
     for y0, x0, y1, x1 in boxes.tolist():
-        # outline one pixel outside the window, so the filled labels stay visible
-        ya, yb, xa, xb = max(y0 - 1, 0), min(y1 + 1, h - 1), max(x0 - 1, 0), min(x1 + 1, w - 1)
-        for y in (ya, yb):
-            out[y, xa:xb + 1] = (255, 255, 255)
-        for x in (xa, xb):
-            out[ya:yb + 1, x] = (255, 255, 255)
+        inside[y0:y1 + 1, x0:x1 + 1] = True
+        grown[max(y0 - 1, 0):y1 + 2, max(x0 - 1, 0):x1 + 2] = True
+    # the outline runs one pixel outside the windows and never over another window, so every
+    # picked pixel keeps its predicted colour (windows of neighbouring picks may touch)
+    out[grown & ~inside] = (255, 255, 255)
     return out
 
 

@@ -80,8 +80,15 @@ def export_round(state, round_index: int, out_dir, formats=("labelstudio",), *, 
     pred = windows.centre_class_values() if predicted is None else windows.check_window_values(predicted, "predicted")
     out = _prepare_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"round": windows.round_index, "image_size": list(windows.image_size), "classes": names,
-                "images": {catalog.name(i): i for i in windows.image_ids.tolist()}, "formats": formats}
+    manifest = {}
+    try:  # a later export of the same round into the same folder adds to what is there
+        old = json.loads((out / MANIFEST).read_text())
+        manifest = old if old.get("round") == windows.round_index else {}
+    except (OSError, ValueError, AttributeError):
+        pass
+    manifest.update({"round": windows.round_index, "image_size": list(windows.image_size), "classes": names,
+                     "images": {catalog.name(i): i for i in windows.image_ids.tolist()},
+                     "formats": sorted(set(manifest.get("formats", [])) | set(formats))})
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
     written: dict[str, list[str]] = {}
     served = catalog
