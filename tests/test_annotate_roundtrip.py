@@ -218,7 +218,8 @@ def test_cvat_errors_name_the_image(setup):
     before = state.to_bytes()
     for bad, message in [(xml.replace('label="car"', 'label="bus"', 1), "unknown class name 'bus'"),
                          (xml.replace(f'width="{W}"', f'width="{W * 2}"', 1), "mask of size"),
-                         (xml.replace("img2_", "img4_"), "had no picks"),
+                         (xml.replace("cityA/img2_", "cityB/img4_"), "had no picks"),
+                         (xml.replace("cityA/img2_", "cityA/img9_"), "not an image of the target set"),
                          (xml.replace("<mask ", "<polygon ", 1).replace("</mask>", "</polygon>", 1), "not supported")]:
         (tmp / "bad.xml").write_text(bad)
         with pytest.raises(InputError, match=message) as e:
@@ -264,3 +265,55 @@ def test_export_refuses_a_foreign_folder(setup):
         export_round(state, 2, tmp / "ours", ["yolo"], images=paths, class_names=NAMES)
     with pytest.raises(InputError, match="class_names"):
         export_round(state, 2, tmp / "ours", ["cvat"], images=paths, class_names=NAMES[:2])
+
+
+def test_whole_image_round_round_trip(tmp_path):
+    root = tmp_path / "imgs"
+    paths = []
+    for i in range(3):
+        p = root / f"{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(p)
+        paths.append(p)
+    state = ActiveLabelState((H, W), C, 3)
+    m1 = [-1, -1]
+    state.record(_sel([2, 0], m1, m1, m1, 1, radius=0, strategy="image"))
+    pred = np.random.default_rng(1).integers(0, C, (2, H, W)).astype(np.uint8)
+    files = export_round(state, 1, tmp_path / "out", ["labelstudio", "cvat"], images=paths, class_names=NAMES,
+                         predicted=pred)
+    tasks = json.load(open(files["labelstudio"][1]))
+    assert [t["data"]["cbda_windows"] for t in tasks] == [[[0, 0, H - 1, W - 1]]] * 2
+    # accept the pre-annotation as it is: the labels become the predictions
+    ex = [dict(t, id=k, annotations=[{"id": 1, "result": t["predictions"][0]["result"]}]) for k, t in enumerate(tasks)]
+    (tmp_path / "ls.json").write_text(json.dumps(ex))
+    import_answers(state, tmp_path / "ls.json", images=paths, class_names=NAMES)
+    assert np.array_equal(state.labels(1), pred)
+    # CVAT with bare file names, as a task made from uploaded files lists them
+    xml = open(files["cvat"][0]).read().replace('name="2.png"', 'name="./2.png"')
+    (tmp_path / "c.xml").write_text(xml)
+    r, labels, _ = read_answers(state, tmp_path / "c.xml", images=paths, class_names=NAMES, round_index=1)
+    assert np.array_equal(labels, pred)
+
+
+def test_labelstudio_literal_groups_are_read(setup):
+    """Label Studio's own encoder writes single values as literal groups; the import reads them."""
+    state, paths, tmp = setup
+    files = export_round(state, 2, tmp / "out", ["labelstudio"], images=paths, class_names=NAMES)
+    truth = _truth()
+    ex = _ls_answer(json.load(open(files["labelstudio"][1])), truth)
+
+    def literal_stream(mask):  # every value as its own literal group of length 1
+        vals = np.repeat(mask.astype(np.uint8).ravel() * 255, 4)
+        bits = format(vals.size, "032b") + format(7, "05b") + "".join(format(w - 1, "04b") for w in (3, 4, 8, 16))
+        bits += "".join("0" + "00" + "000" + format(int(v), "08b") for v in vals)
+        bits += "0" * (-len(bits) % 8)
+        return [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+
+    for t in ex:
+        i = t["data"]["cbda_image_id"]
+        for res in t["annotations"][1]["result"]:
+            c = NAMES.index(res["value"]["brushlabels"][0])
+            res["value"]["rle"] = literal_stream(truth[i] == c)
+    (tmp / "lit.json").write_text(json.dumps(ex))
+    import_answers(state, tmp / "lit.json", images=paths, class_names=NAMES)
+    assert np.array_equal(state.labels(2), _expected_labels(state, 2, truth))

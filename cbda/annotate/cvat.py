@@ -81,7 +81,10 @@ def parse_xml(path, windows: RoundWindows, catalog, class_names) -> tuple[dict, 
         name = img.get("name", "")
         where = f"image {name!r} (id {img.get('id')})"
         image_id = catalog.id_of(name)
-        if image_id is None or image_id not in windows._rows:
+        if image_id is None:
+            raise InputError(f"FILE: {where} is not an image of the target set (names are paths relative "
+                             f"to {catalog.root})")
+        if not windows.has_image(image_id):
             raise InputError(f"FILE: {where} had no picks in round {windows.round_index}")
         if image_id in maps:
             raise InputError(f"FILE: {where} appears twice")

@@ -9,6 +9,7 @@ the label size.
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,6 +45,10 @@ class ImageCatalog:
             except ValueError:
                 raise InputError(f"image_root: image {p} is not inside {self.root}") from None
         self._by_name = {n: i for i, n in enumerate(self._names)}
+        self._by_base: dict[str, int | None] = {}
+        for i, n in enumerate(self._names):  # None marks a file name that occurs twice
+            b = n.rsplit("/", 1)[-1]
+            self._by_base[b] = None if b in self._by_base else i
         self._copied = None
 
     def __len__(self) -> int:
@@ -63,11 +68,10 @@ class ImageCatalog:
     def id_of(self, name: str) -> int | None:
         """Image id of a name as a tool reports it (a relative path; a bare file name works when
         unique); None when unknown."""
-        n = str(name).replace("\\", "/").lstrip("/")
+        n = posixpath.normpath(str(name).replace("\\", "/")).lstrip("/")
         if n in self._by_name:
             return self._by_name[n]
-        hits = [i for k, i in self._by_name.items() if k.endswith("/" + n) or k == n]
-        return hits[0] if len(hits) == 1 else None
+        return self._by_base.get(n) if "/" not in n else None
 
     def pixel_size(self, image_id: int) -> tuple[int, int]:
         """(H, W) of the file, read from its header."""
@@ -94,7 +98,8 @@ class ImageCatalog:
                 im.convert("RGB").resize((size[1], size[0]), Image.BICUBIC).save(dst)
             new_paths[i] = dst
         out = ImageCatalog.__new__(ImageCatalog)
-        out.paths, out.root, out._names, out._by_name = new_paths, self.root, self._names, self._by_name
+        out.paths, out.root, out._names, out._by_name, out._by_base = (
+            new_paths, self.root, self._names, self._by_name, self._by_base)
         out._copied = (copy_dir, set(ids))
         return out
 

@@ -138,7 +138,7 @@ def parse_export(path_or_data, windows_of, class_names, label_size) -> tuple[int
     for k, task in enumerate(data):
         where = _task_label(task, k)
         image_id = task["data"]["cbda_image_id"]
-        if not isinstance(image_id, int) or image_id not in windows._rows:
+        if isinstance(image_id, bool) or not windows.has_image(image_id):
             raise InputError(f"FILE: {where}: image id {image_id!r} had no picks in round {round_index}")
         if image_id in maps:
             raise InputError(f"FILE: {where}: image id {image_id} appears in two tasks")

@@ -88,6 +88,10 @@ class RoundWindows:
         k = 2 * self.radius + 1
         return (self.n, k, k)
 
+    def has_image(self, image_id) -> bool:
+        """Whether ``image_id`` has picks in this round."""
+        return isinstance(image_id, (int, np.integer)) and int(image_id) in self._rows
+
     def rows(self, image_id: int) -> np.ndarray:
         """Pick rows (indices into the round) of ``image_id``, in record order; empty if none."""
         return self._rows.get(int(image_id), np.zeros(0, dtype=np.int64))
@@ -99,7 +103,7 @@ class RoundWindows:
             out[y0:y1 + 1, x0:x1 + 1] = True
         return out
 
-    def _window_offsets(self, row: int) -> tuple[int, int]:
+    def window_offsets(self, row: int) -> tuple[int, int]:
         """(dy, dx) of the box's corner inside the (k, k) window array of pick ``row``."""
         if self.unit == "image":
             return 0, 0
@@ -111,7 +115,7 @@ class RoundWindows:
         out = np.full(self.image_size, VOID, dtype=np.uint8)
         for row in self.rows(image_id).tolist():
             y0, x0, y1, x1 = self.boxes[row].tolist()
-            dy, dx = self._window_offsets(row)
+            dy, dx = self.window_offsets(row)
             out[y0:y1 + 1, x0:x1 + 1] = window_values[row][dy:dy + y1 - y0 + 1, dx:dx + x1 - x0 + 1]
         return out
 
@@ -155,7 +159,7 @@ class RoundWindows:
             m = maps[image_id]
             for row in self.rows(image_id).tolist():
                 y0, x0, y1, x1 = self.boxes[row].tolist()
-                dy, dx = self._window_offsets(row)
+                dy, dx = self.window_offsets(row)
                 win = m[y0:y1 + 1, x0:x1 + 1]
                 labels[row, dy:dy + y1 - y0 + 1, dx:dx + x1 - x0 + 1] = win
                 empty = int((win == VOID).sum())

@@ -65,7 +65,7 @@ def predicted_windows(model, dataset, windows: RoundWindows, prepare, autocast=N
             pred = up.argmax(1)[0].to(torch.uint8).cpu().numpy()
             for row in windows.rows(image_id).tolist():
                 y0, x0, y1, x1 = windows.boxes[row].tolist()
-                dy, dx = windows._window_offsets(row)
+                dy, dx = windows.window_offsets(row)
                 out[row, dy:dy + y1 - y0 + 1, dx:dx + x1 - x0 + 1] = pred[y0:y1 + 1, x0:x1 + 1]
     model.train(was_training)
     return out
