@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export HOME="$TMP/home" XDG_CACHE_HOME="$TMP/home/.cache" XDG_CONFIG_HOME="$TMP/home/.config"
-export XDG_DATA_HOME="$TMP/home/.local/share" MPLCONFIGDIR="$TMP/home/mpl"
+export XDG_DATA_HOME="$TMP/home/.local/share" MPLCONFIGDIR="$TMP/home/mpl" PYTHONDONTWRITEBYTECODE=1
 mkdir -p "$HOME"
 t0=$SECONDS
 
@@ -38,12 +38,12 @@ fi
 echo "label studio $LS_VERSION installed after $((SECONDS - t0)) s"
 
 # the codec against label-studio-sdk's own brush converter, through the Label Studio venv
-CBDA_LABEL_STUDIO_PYTHON="$LS_VENV/bin/python" "$PY" -m pytest -q -p no:cacheprovider \
-  "$REPO/tests/test_annotate_rle.py" -k label_studio
+(cd "$TMP" && CBDA_LABEL_STUDIO_PYTHON="$LS_VENV/bin/python" "$PY" -m pytest -q -p no:cacheprovider \
+  "$REPO/tests/test_annotate_rle.py" -k label_studio)
 
 # the demo, small: one round, stopped for human labels
 RUN="$TMP/run"
-cbda_() { "$PY" -m cbda.train "$@"; }
+cbda_() { (cd "$TMP" && "$PY" -m cbda.train "$@"); }
 cbda_ train --config demo --work-dir "$RUN" --no-progress active.labels=human \
   data.generate.size=[48,96] data.generate.num_source=24 data.generate.num_train=8 data.generate.num_val=4 \
   data.source_size=[48,96] data.target_size=[48,96] data.eval_size=[48,96] model.width=8 model.head_channels=16 \
