@@ -115,3 +115,34 @@ def test_bad_label_source_is_a_config_error(tiny_data, tiny_overrides, tmp_path,
     assert main(["train", "--config", "demo", "--work-dir", str(tmp_path / "r"), "--no-progress", *ov]) == 2
     err = capsys.readouterr().err
     assert "active.labels" in err and "crowd" in err
+
+
+def test_predicted_windows_are_the_models_argmax_at_the_label_size():
+    import torch
+    import torch.nn.functional as F
+
+    from cbda.annotate import RoundWindows
+    from cbda.selection import Selection
+    from cbda.train.human import predicted_windows
+
+    H, W, C = 12, 16, 5
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(3, C, 3, 4, generator=g)  # per-image low-resolution logits
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return low[x[:, 0, 0, 0].long()]
+
+    class Data:
+        def __getitem__(self, i):
+            return {"image": torch.full((3, 6, 8), float(i))}
+
+    state = cbda.ActiveLabelState((H, W), C, 3)
+    t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    state.record(Selection(t([2, 0, 2]), t([0, 5, 11]), t([0, 7, 15]), torch.ones(3), t([0, 0, 0]), 1, (H, W), 1, "da"))
+    win = RoundWindows(state, 1)
+    got = predicted_windows(Model(), Data(), win, prepare=lambda x: x)
+    want = cbda.ActiveLabelState.from_bytes(state.to_bytes())
+    full = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=True).argmax(1).numpy().astype(np.uint8)
+    want.label_from_ground_truth(lambda i: full[i], 1)
+    assert np.array_equal(got, want.labels(1))  # 255 where a window leaves the image
