@@ -317,3 +317,25 @@ def test_labelstudio_literal_groups_are_read(setup):
     (tmp / "lit.json").write_text(json.dumps(ex))
     import_answers(state, tmp / "lit.json", images=paths, class_names=NAMES)
     assert np.array_equal(state.labels(2), _expected_labels(state, 2, truth))
+
+
+def test_cvat_xml_masks_decode_with_cvat_sdk(setup):
+    """Every <mask> of the export, in CVAT's API form, decodes with cvat-sdk to exactly the
+    predicted pixels of its class."""
+    masks = pytest.importorskip("cvat_sdk.masks")
+    state, paths, tmp = setup
+    pred = np.random.default_rng(3).integers(0, C, (4, 3, 3)).astype(np.uint8)
+    files = export_round(state, 2, tmp / "out", ["cvat"], images=paths, class_names=NAMES, predicted=pred)
+    from cbda.annotate import RoundWindows
+    win = RoundWindows(state, 2)
+    by_name = {p.relative_to(tmp / "data" / "leftImg8bit" / "train").as_posix(): i for i, p in enumerate(paths)}
+    n = 0
+    for img in ET.parse(files["cvat"][0]).getroot().iter("image"):
+        want = win.paint(by_name[img.get("name")], pred)
+        for m in img.iter("mask"):
+            left, top, w, h = (int(m.get(k)) for k in ("left", "top", "width", "height"))
+            points = [int(v) for v in m.get("rle").split(",")] + [left, top, left + w - 1, top + h - 1]
+            got = masks.decode_mask(points, image_width=int(img.get("width")), image_height=int(img.get("height")))
+            assert np.array_equal(got, want == NAMES.index(m.get("label")))
+            n += 1
+    assert n >= 3
