@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "import":
             _import(args)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, InputError, StateError) as e:
-        print(f"cbda {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except LabelsPendingError as e:
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, InputError, StateError, LabelsPendingError) as e:
         print(f"cbda {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..annotate import RoundWindows, export_round, import_answers
 from ..annotate.roundtrip import FORMATS, MANIFEST
 from . import checkpoint as ckpt
+from .config import ConfigError
 from . import distributed as dist_utils
 
 __all__ = ["LABEL_SOURCES", "LabelsPendingError", "round_dir", "predicted_windows", "export_pending_round",
@@ -72,12 +73,16 @@ def predicted_windows(model, dataset, windows: RoundWindows, prepare, autocast=N
 
 
 def export_formats(active: dict) -> list[str]:
-    """The formats written at a human round (`active.export`, default labelstudio, cvat, preview)."""
+    """The formats written at a human round (`active.export`, default labelstudio, cvat,
+    preview); raises ConfigError for an unknown one or a bad `active.image_url`."""
     fmts = active.get("export") or list(DEFAULT_EXPORT)
     fmts = [fmts] if isinstance(fmts, str) else list(fmts)
     bad = [f for f in fmts if f not in FORMATS]
-    if bad:
-        raise ValueError(f"active.export: unknown format(s) {bad}; accepted: {', '.join(FORMATS)}")
+    if bad or not fmts:
+        raise ConfigError(f"active.export: unknown format(s) {bad or fmts}; accepted: a list of {', '.join(FORMATS)}")
+    url = active.get("image_url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"active.image_url: expected null or a URL prefix string, got {url!r}")
     return fmts
 
 

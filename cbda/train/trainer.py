@@ -26,7 +26,7 @@ import cbda
 
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
-from . import human as human_labels
+from . import human as human_loop
 from .acquisition import run_round, round_summary
 from .config import ConfigError
 from .data import GTAV, Cityscapes, Synthia
@@ -311,7 +311,7 @@ class Trainer:
             # the summary needs the labels: it is written when training resumes after `cbda import`
             self.metrics["pending_round"] = dict(entry_extra, round=k, iteration=self.iteration, num_picks=n_picks,
                                                  seconds=round(time.time() - t0, 3))
-            human_labels.export_pending_round(self, k)
+            human_loop.export_pending_round(self, k)
             self.waiting_for_labels = k
             return
         entry = round_summary(self.state, self.classes, k, self.iteration, n_picks)
@@ -336,8 +336,8 @@ class Trainer:
     def human_labels(self) -> bool:
         """`active.labels: human`: rounds wait for `cbda import` instead of copying ground truth."""
         src = self.cfg["active"].get("labels", "ground_truth")
-        if src not in human_labels.LABEL_SOURCES:
-            raise ConfigError(f"active.labels: expected one of {human_labels.LABEL_SOURCES}, got {src!r}")
+        if src not in human_loop.LABEL_SOURCES:
+            raise ConfigError(f"active.labels: expected one of {human_loop.LABEL_SOURCES}, got {src!r}")
         return src == "human"
 
     def _check_pending_labels(self) -> None:
@@ -345,7 +345,7 @@ class Trainer:
         by `cbda import` since the last run gets its metrics entry now."""
         pending = self.state.pending_rounds()
         if pending:
-            raise human_labels.LabelsPendingError(human_labels.pending_message(self.work_dir, pending[0]))
+            raise human_loop.LabelsPendingError(human_loop.pending_message(self.work_dir, pending[0]))
         info = self.metrics.pop("pending_round", None)
         if info is not None:
             entry = round_summary(self.state, self.classes, info["round"], info["iteration"], info["num_picks"])
@@ -365,7 +365,8 @@ class Trainer:
                 raise ValueError(f"active.schedule has {len(schedule)} iterations but active.rounds = {active['rounds']}")
             if any(s >= iters for s in schedule):
                 _log(f"warning: schedule {schedule} has rounds at or after train.iters={iters}; they will not run")
-        self.human_labels  # validates active.labels before any work
+        if self.human_labels:  # validates active.labels (and the export settings) before any work
+            human_loop.export_formats(active)
         self._check_pending_labels()
         self.waiting_for_labels = None
         if self.rank == 0:
@@ -446,7 +447,7 @@ def train(cfg: dict, work_dir: str | Path, resume=False, progress: bool = True, 
         write_json(Path(work_dir) / "metrics.json", metrics)
         if metrics.get("waiting_for_labels"):
             k = metrics["waiting_for_labels"]
-            print(human_labels.pending_message(work_dir, k, human_labels.RoundWindows(trainer.state, k)), flush=True)
+            print(human_loop.pending_message(work_dir, k, human_loop.RoundWindows(trainer.state, k)), flush=True)
         elif not quiet:
             print(format_results(metrics), flush=True)
     dist_utils.shutdown()

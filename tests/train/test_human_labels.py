@@ -110,11 +110,13 @@ def test_human_round_trip_through_the_cli(tiny_data, tiny_overrides, tmp_path, c
     assert np.array_equal(final.labels(2), want2.labels(2)) and final.pending_rounds() == []
 
 
-def test_bad_label_source_is_a_config_error(tiny_data, tiny_overrides, tmp_path, capsys):
-    ov = tiny_overrides(tiny_data, "gtav", **{"active.labels": "crowd"})
+@pytest.mark.parametrize("key, value", [("active.labels", "crowd"), ("active.export", "[labelstudio, yolo]")])
+def test_bad_human_settings_are_config_errors(tiny_data, tiny_overrides, tmp_path, capsys, key, value):
+    ov = tiny_overrides(tiny_data, "gtav", **{"active.labels": "human", key: value})
     assert main(["train", "--config", "demo", "--work-dir", str(tmp_path / "r"), "--no-progress", *ov]) == 2
     err = capsys.readouterr().err
-    assert "active.labels" in err and "crowd" in err
+    assert key in err and value.split(", ")[-1].strip("[]") in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "checkpoints").exists()  # failed before any training
 
 
 def test_predicted_windows_are_the_models_argmax_at_the_label_size():
