@@ -239,6 +239,8 @@ def test_previews_and_other_formats(setup):
     assert (im[8, 27:30] == 255).all()  # the outline above the (10, 29) window
     assert Image.open(pre[-1]).size[0] > 3 * 192
     assert len(files["png"]) == 4 and json.load(open(files["json"][0]))[0]["name"].startswith("cityA/")
+    assert os.path.relpath(files["png"][0], tmp / "out" / "png") == os.path.join(
+        "gtMask", "train", "cityA", "img0_gtFine_labelIds.png")  # RIPU's layout
 
 
 def test_images_not_at_the_label_size_are_served_resized(setup):

@@ -116,12 +116,19 @@ def export_round(state, round_index: int, out_dir, formats=("labelstudio",), *, 
         elif fmt == "preview":
             written[fmt] = write_previews(windows, served, names, pred, out / "previews")
         elif fmt == "png":
-            written[fmt] = state.export_masks(out / "png", names=lambda i: catalog.name(i).rsplit(".", 1)[0],
+            written[fmt] = state.export_masks(out / "png", names=lambda i: _mask_stem(catalog.name(i)),
                                               allow_pending=True)
         elif fmt == "json":
             state.export_regions(out / "regions.json", names=lambda i: catalog.name(i))
             written[fmt] = [str(out / "regions.json")]
     return written
+
+
+def _mask_stem(name: str) -> str:
+    """RIPU's mask name of an image: 'aachen/aachen_000000_000019_leftImg8bit.png' ->
+    'aachen/aachen_000000_000019' (export_masks appends _gtFine_labelIds.png)."""
+    stem = name.rsplit(".", 1)[0]
+    return stem[: -len("_leftImg8bit")] if stem.endswith("_leftImg8bit") else stem
 
 
 def _detect_format(path) -> str:
