@@ -57,10 +57,18 @@ def _add_annotation_commands(sub) -> None:
     i.add_argument("--config", help="default: <work-dir>/config.yaml")
 
 
-def _export(args) -> None:
-    from .human import export_from_work_dir
+def _work_dir_of_a_run(args) -> Path:
     work = Path(args.work_dir)
     args.overrides = []
+    if args.config is None and not (work / "config.yaml").is_file():
+        raise FileNotFoundError(f"--work-dir: {work} holds no config.yaml; point it at the work dir of a "
+                                "`cbda train` run (or pass --config)")
+    return work
+
+
+def _export(args) -> None:
+    from .human import export_from_work_dir
+    work = _work_dir_of_a_run(args)
     files = export_from_work_dir(_config(args, work, True), work, args.round, args.format, args.out,
                                  args.image_url, args.local_root)
     for fmt, paths in files.items():
@@ -69,8 +77,7 @@ def _export(args) -> None:
 
 def _import(args) -> None:
     from .human import import_into_work_dir
-    work = Path(args.work_dir)
-    args.overrides = []
+    work = _work_dir_of_a_run(args)
     report = import_into_work_dir(_config(args, work, True), work, args.file, args.round, args.replace)
     print(report.summary())
     print(f"recorded; continue with: cbda train --work-dir {work} --resume")

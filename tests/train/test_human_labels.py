@@ -84,6 +84,8 @@ def test_human_round_trip_through_the_cli(tiny_data, tiny_overrides, tmp_path, c
     assert "unknown class name 'unicorn'" in err and "task 1" in err and err.count("\n") == 1
     assert ckpt.latest(run / "checkpoints").read_bytes() == before  # nothing recorded
 
+    assert main(["import", "--work-dir", str(tmp_path / "nowhere"), str(tmp_path / "bad.json")]) == 2
+    assert "holds no config.yaml" in capsys.readouterr().err
     (tmp_path / "r1.json").write_text(json.dumps(_ls_export(tasks, gt, names)))
     assert main(["import", "--work-dir", str(run), str(tmp_path / "r1.json")]) == 0
     assert "recorded" in capsys.readouterr().out
