@@ -37,7 +37,8 @@ class ImportReport:
              f"{self.labelled_pixels} labelled pixels")
         if self.unlabelled_windows:
             eg = ", ".join(f"{n} at ({y}, {x})" for n, y, x in self.unlabelled[:3])
-            s += f"; {self.unlabelled_windows} windows left unlabelled (e.g. {eg}): recorded as void (255)"
+            s += (f"; {self.unlabelled_windows} window{'s' if self.unlabelled_windows > 1 else ''} left unlabelled "
+                  f"(e.g. {eg}): recorded as void (255)")
         if self.unlabelled_pixels:
             s += f"; {self.unlabelled_pixels} picked pixels without a label (void)"
         if self.overlapping_pixels:
