@@ -34,7 +34,8 @@ def run_round(model, loader, state, round_index: int, active: dict, label_size: 
     goal). gt_lookup(image_id) -> (H, W) uint8 train ids at label_size. With `shard`, `loader`
     holds this rank's share of the target images and every rank of the default process group
     must call this together: the selection is merged across ranks (cbda.select(shard=True)) and
-    every rank labels it into its own replica of the state. Returns the Selection."""
+    every rank labels it into its own replica of the state. gt_lookup None: the round stays
+    pending (human labels, `active.labels: human`). Returns the Selection."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -45,7 +46,8 @@ def run_round(model, loader, state, round_index: int, active: dict, label_size: 
             radius=int(active.get("radius", 1)), out_size=tuple(label_size), state=state,
             goal=active.get("goal"), backend=active.get("backend", "auto"),
             num_images=num_images, seed=seed, shard=shard)
-    state.label_from_ground_truth(gt_lookup, round_index=round_index)
+    if gt_lookup is not None:
+        state.label_from_ground_truth(gt_lookup, round_index=round_index)
     model.train(was_training)
     return sel
 

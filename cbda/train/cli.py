@@ -5,6 +5,8 @@
   cbda train --work-dir runs/demo --resume-from FILE [key=value ...]
   cbda eval  --work-dir runs/demo [--checkpoint FILE] [key=value ...]
   cbda report runs/ra runs/cbda [--out DIR] [--baseline ra]
+  cbda export --work-dir runs/demo [--round N] --format labelstudio|cvat|png|json|preview [...]
+  cbda import --work-dir runs/demo FILE [--round N] [--replace]
 
 A user's mistake (a bad config, key, value or path, a missing dataset or checkpoint, a folder
 cbda may not write into) is one line on stderr and exit status 2, never a traceback.
@@ -15,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "eval", "report", "configs")
+COMMANDS = ("train", "eval", "report", "configs", "export", "import")
 
 
 class UsageError(Exception):
@@ -51,11 +53,60 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     r.add_argument("--out", help="folder for report.md and the PNG plots")
     r.add_argument("--baseline", help="run (folder name) the IoU gains are measured against")
     c = _Parser(prog="cbda configs", description="list the shipped configs")
-    return {"train": t, "eval": e, "report": r, "configs": c}
+    parsers = {"train": t, "eval": e, "report": r, "configs": c}
+    parsers.update(_annotation_parsers())
+    return parsers
 
 
 def _usage() -> str:
-    return ("usage: cbda {train,eval,report,configs} ...  (cbda COMMAND --help for its options)")
+    return f"usage: cbda {{{','.join(COMMANDS)}}} ...  (cbda COMMAND --help for its options)"
+
+
+def _annotation_parsers() -> dict[str, argparse.ArgumentParser]:
+    from ..annotate.roundtrip import FORMATS
+    x = _Parser(prog="cbda export", description="write a round's picks for annotation tools (human labels)")
+    x.add_argument("--work-dir", required=True)
+    x.add_argument("--round", type=int, help="default: the round waiting for labels (else the last)")
+    x.add_argument("--format", nargs="+", choices=FORMATS, default=["labelstudio"], metavar="FORMAT",
+                   help=f"one or more of {', '.join(FORMATS)}")
+    x.add_argument("--out", help="default: <work-dir>/annotate/round_NNNN")
+    x.add_argument("--image-url", help="Label Studio tasks point at IMAGE_URL/<name> (default: local file serving)")
+    x.add_argument("--local-root", help="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT the local paths are relative to")
+    x.add_argument("--config", help="default: <work-dir>/config.yaml")
+    i = _Parser(prog="cbda import", description="record a Label Studio JSON or CVAT XML export as a round's labels")
+    i.add_argument("--work-dir", required=True)
+    i.add_argument("file", help="the tool's export (Label Studio: JSON; CVAT: CVAT for images 1.1 XML)")
+    i.add_argument("--round", type=int, help="default: read from the file (Label Studio) or the pending round")
+    i.add_argument("--replace", action="store_true", help="overwrite labels the round already has")
+    i.add_argument("--config", help="default: <work-dir>/config.yaml")
+    return {"export": x, "import": i}
+
+
+def _work_dir_of_a_run(args) -> Path:
+    from .errors import RunError
+    work = Path(args.work_dir)
+    args.overrides = []
+    if args.config is None and not (work / "config.yaml").is_file():
+        raise RunError(f"--work-dir: {work} holds no config.yaml; point it at the work dir of a "
+                                "`cbda train` run (or pass --config)")
+    return work
+
+
+def _export(args) -> None:
+    from .human import export_from_work_dir
+    work = _work_dir_of_a_run(args)
+    files = export_from_work_dir(_config(args, work, True), work, args.round, args.format, args.out,
+                                 args.image_url, args.local_root)
+    for fmt, paths in files.items():
+        print(f"{fmt}: {len(paths)} file(s), e.g. {paths[0]}" if paths else f"{fmt}: nothing to write")
+
+
+def _import(args) -> None:
+    from .human import import_into_work_dir
+    work = _work_dir_of_a_run(args)
+    report = import_into_work_dir(_config(args, work, True), work, args.file, args.round, args.replace)
+    print(report.summary())
+    print(f"recorded; continue with: cbda train --work-dir {work} --resume")
 
 
 def _config(args, work_dir: Path, resuming: bool) -> dict:
@@ -80,6 +131,12 @@ def _run(command: str, args) -> int:
     if command == "report":
         from .report import report
         print(report(args.runs, args.out, args.baseline))
+        return 0
+    if command == "export":
+        _export(args)
+        return 0
+    if command == "import":
+        _import(args)
         return 0
     work = Path(args.work_dir)
     if command == "train":

@@ -25,6 +25,8 @@ SOURCES = ("gtav", "synthia")
 NUM_CLASSES = (16, 19)
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 OUTPUT_STRIDES = (8, 16, 32)
+LABEL_SOURCES = ("ground_truth", "human")   # active.labels: simulated annotator, or `cbda import`
+DEFAULT_EXPORT = ("labelstudio", "cvat", "preview")
 
 
 def _strategies() -> tuple[str, ...]:
@@ -164,6 +166,14 @@ def FloatList(default=REQUIRED, nullable=False) -> Field:
     return Field(check, default, nullable)
 
 
+def _export_formats(key, v):
+    from cbda.annotate.roundtrip import FORMATS
+    fmts = [v] if isinstance(v, str) else v
+    if not isinstance(fmts, (list, tuple)) or not fmts or not all(f in FORMATS for f in fmts):
+        raise ConfigError(f"{key}: expected a non-empty list of {', '.join(FORMATS)}, got {_got(v)}")
+    return list(fmts)
+
+
 #: section -> key -> Field. Sections marked nullable in NULLABLE_SECTIONS may be null.
 GENERATE = {
     "seed": Int(0, lo=0),
@@ -234,6 +244,9 @@ SCHEMA: dict[str, Any] = {
         "goal": FloatList(None, nullable=True),
         "backend": Choice(_backends, "auto"),
         "batch_size": Int(2, lo=1),
+        "labels": Choice(LABEL_SOURCES, "ground_truth"),
+        "export": Field(_export_formats, list(DEFAULT_EXPORT)),
+        "image_url": Str(None, nullable=True),
     },
     "eval": {
         "flip": Bool(True),

@@ -25,6 +25,7 @@ import cbda
 
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
+from . import human as human_loop
 from .acquisition import run_round, round_summary
 from .data import GTAV, Cityscapes, Synthia
 from .data.imageio import resize_nearest
@@ -409,6 +410,7 @@ class Trainer:
             res = self.evaluate()
             entry_extra["miou_before"] = res["miou"]
             entry_extra["min_iou_before"] = res["min_iou"]
+        human = self.human_labels
         t0 = time.time()
         # Every rank scores its own shard of the target set; cbda.select(shard=True) merges the
         # ranks' candidates with collectives into the exact global selection, recorded in every
@@ -419,11 +421,18 @@ class Trainer:
                             num_workers=int(self.cfg["data"].get("num_workers", 0)),
                             generator=torch.Generator().manual_seed(0))
         sel = run_round(self.model, loader, self.state, k, active, self.label_size,
-                        len(self.tgt_train), self.target_gt, self.prepare,
+                        len(self.tgt_train), None if human else self.target_gt, self.prepare,
                         self.autocast if self.cfg["train"].get("bf16") else None,
                         seed=int(self.cfg.get("seed", 0)), shard=self.world > 1)
         n_picks = len(sel)
         self._label_cache.clear()
+        if human:
+            # the summary needs the labels: it is written when training resumes after `cbda import`
+            self.metrics["pending_round"] = dict(entry_extra, round=k, iteration=self.iteration, num_picks=n_picks,
+                                                 seconds=round(time.time() - t0, 3))
+            human_loop.export_pending_round(self, k)
+            self.waiting_for_labels = k
+            return
         entry = round_summary(self.state, self.classes, k, self.iteration, n_picks)
         entry.update(entry_extra, seconds=round(time.time() - t0, 3))
         self.metrics["rounds"].append(entry)
@@ -449,12 +458,39 @@ class Trainer:
         res["iteration"] = self.iteration
         return res
 
+    @property
+    def human_labels(self) -> bool:
+        """`active.labels: human`: rounds wait for `cbda import` instead of copying ground truth."""
+        src = self.cfg["active"].get("labels", "ground_truth")
+        if src not in human_loop.LABEL_SOURCES:
+            raise ConfigError(f"active.labels: expected one of {human_loop.LABEL_SOURCES}, got {src!r}")
+        return src == "human"
+
+    def _check_pending_labels(self) -> None:
+        """Before training on: a pending round is an error with instructions; a round labelled
+        by `cbda import` since the last run gets its metrics entry now."""
+        pending = self.state.pending_rounds()
+        if pending:
+            raise human_loop.LabelsPendingError(human_loop.pending_message(self.work_dir, pending[0]))
+        info = self.metrics.pop("pending_round", None)
+        if info is not None:
+            entry = round_summary(self.state, self.classes, info["round"], info["iteration"], info["num_picks"])
+            entry.update({k: v for k, v in info.items() if k not in entry})
+            self.metrics["rounds"].append(entry)
+            self._label_cache.clear()
+            _log(f"round {info['round']}: human labels recorded, labelled "
+                 f"{100 * (entry['labelled_fraction'] or 0):.2f}% of target pixels")
+
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
         cfg, tr, active = self.cfg, self.cfg["train"], self.cfg["active"]
         iters = int(tr["iters"])
         # the schema has checked it: one iteration per round, increasing, before train.iters
         schedule = [int(s) for s in active["schedule"]] if self.mode == "adapt" else []
+        if self.human_labels:  # validates active.labels (and the export settings) before any work
+            human_loop.export_formats(active)
+        self._check_pending_labels()
+        self.waiting_for_labels = None
         if self.rank == 0:
             (self.work_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None))
         log = ScalarLog(self.work_dir, enabled=self.rank == 0, start_iteration=self.iteration)
@@ -476,6 +512,8 @@ class Trainer:
             k = self.state.num_rounds
             if k < len(schedule) and self.iteration >= schedule[k]:
                 self.acquire(k + 1)
+                if self.waiting_for_labels:
+                    break
                 continue
             for g, base in zip(self.optimizer.param_groups, self.base_lrs):
                 g["lr"] = poly_lr(base, self.iteration, horizon, float(tr.get("poly_power", 0.9)))
@@ -501,6 +539,13 @@ class Trainer:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
+        if self.waiting_for_labels:
+            log.close()
+            self.metrics["waiting_for_labels"] = self.waiting_for_labels
+            if self.rank == 0:
+                write_json(self.work_dir / "metrics.json", self.metrics)
+            return self.metrics
+        self.metrics.pop("waiting_for_labels", None)
         final = self.evaluate()
         self.metrics["final"] = final
         log.scalars(self.iteration, {"val/miou": final["miou"], "val/min_iou": final["min_iou"]}, csv_row=False)
@@ -522,7 +567,10 @@ def train(cfg: dict, work_dir: str | Path, resume=False, progress: bool = True, 
     metrics["seconds"] = round(time.time() - t0, 1)
     if trainer.rank == 0:
         write_json(Path(work_dir) / "metrics.json", metrics)
-        if not quiet:
+        if metrics.get("waiting_for_labels"):
+            k = metrics["waiting_for_labels"]
+            print(human_loop.pending_message(work_dir, k, human_loop.RoundWindows(trainer.state, k)), flush=True)
+        elif not quiet:
             print(format_results(metrics), flush=True)
     dist_utils.shutdown()
     return metrics
