@@ -148,11 +148,9 @@ def load_predicted(work_dir, windows: RoundWindows) -> np.ndarray | None:
     return a if a.shape == windows.label_shape else None
 
 
-def _latest_checkpoint(work_dir) -> Path:
-    path = ckpt.latest(Path(work_dir) / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(work_dir) / 'checkpoints'}: run `cbda train` first")
-    return path
+def _latest_checkpoint(work_dir) -> tuple[Path, dict]:
+    """(path, payload) of the checkpoint `cbda train --resume` would continue from."""
+    return ckpt.latest_good(Path(work_dir) / "checkpoints")
 
 
 def _catalog(cfg: dict, work_dir):
@@ -169,7 +167,7 @@ def export_from_work_dir(cfg: dict, work_dir, round_index: int | None, formats, 
     """`cbda export`: write a recorded round of the latest checkpoint in other formats."""
     from .data.labels import class_names
 
-    state = dist_utils.state_from_bytes(ckpt.load(_latest_checkpoint(work_dir))["state"])
+    state = dist_utils.state_from_bytes(_latest_checkpoint(work_dir)[1]["state"])
     if round_index is None:
         pending = state.pending_rounds()
         round_index = pending[-1] if pending else state.num_rounds
@@ -186,8 +184,7 @@ def import_into_work_dir(cfg: dict, work_dir, path, round_index: int | None = No
     nothing; the checkpoint is rewritten atomically). Returns the ImportReport."""
     from .data.labels import class_names
 
-    ck = _latest_checkpoint(work_dir)
-    payload = ckpt.load(ck)
+    ck, payload = _latest_checkpoint(work_dir)
     state = dist_utils.state_from_bytes(payload["state"])
     images, root = _catalog(cfg, work_dir)
     report = import_answers(state, path, images=images, class_names=class_names(int(cfg["data"]["num_classes"])),
