@@ -52,6 +52,31 @@ def _fmt_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+def driver_problem(driver: int, runtime: int) -> str | None:
+    """Why a CUDA driver cannot run cbda._cuda, or None when it can (CUDA's rule).
+
+    ``driver`` and ``runtime`` are cudaDriverGetVersion/cudaRuntimeGetVersion values
+    (1000·major + 10·minor). CUDA's compatibility rule for a module that embeds machine code
+    (SASS) for the GPU: a driver runs code built with any toolkit of its own CUDA major
+    version or older (minor-version compatibility: a 13.0 driver runs a 13.2 build), and
+    refuses a newer major. cbda._cuda embeds SASS for every arch of its arch list, so only
+    a GPU outside that list needs its PTX compiled by the driver, which minor-version
+    compatibility does not cover (a driver older than the build's minor cannot JIT it).
+    """
+    if driver <= 0:
+        return "no CUDA driver was found (cudaDriverGetVersion failed)"
+    if runtime <= 0:
+        return "the CUDA runtime linked into cbda._cuda reports no version"
+    if driver // 1000 < runtime // 1000:
+        return (
+            f"the CUDA driver supports CUDA {_fmt_version(driver)}, but cbda._cuda was built with CUDA "
+            f"{_fmt_version(runtime)}: a driver runs builds of its own CUDA major version or older "
+            f"(CUDA {runtime // 1000}.x needs a driver for CUDA {runtime // 1000}.0 or newer); update the driver "
+            "or rebuild cbda with an older toolkit (CUDA_HOME=... pip install .)"
+        )
+    return None
+
+
 def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
     reasons = []
     mod = _native.load("_cuda")
@@ -63,11 +88,9 @@ def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]
         reasons.append(f"dtype {dtype} not in float32/bfloat16/float16")
     if mod is not None and device.type == "cuda":
         driver, runtime = mod.versions()  # creates no context
-        if driver < runtime:
-            reasons.append(
-                f"the CUDA driver supports CUDA {_fmt_version(driver)}, but cbda._cuda was built with "
-                f"CUDA {_fmt_version(runtime)} (rebuild with an older toolkit or update the driver)"
-            )
+        problem = driver_problem(int(driver), int(runtime))
+        if problem:
+            reasons.append(problem)
     return reasons
 
 
