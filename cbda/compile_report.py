@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ ARCHS = (80, 90)
 
 _FUNC = re.compile(r"(?:Compiling entry function|Function properties for) '?([\w$.]+)'?")
 _PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-_USED = re.compile(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?")
+_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
 
 def parse_ptxas(text: str) -> dict[str, dict]:
@@ -213,29 +214,131 @@ def find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
-def compile_cuda_source(nvcc: str, src: str, include: str, out_dir: str, archs=ARCHS) -> tuple[int, str, list[dict]]:
-    """nvcc -c with -Xptxas -v for every arch: (return code, stderr, report rows)."""
-    obj = os.path.join(out_dir, os.path.basename(src) + ".o")
-    cmd = [nvcc, "-c", src, "-o", obj, "-I", include, "-std=c++17", "-O3", "--expt-relaxed-constexpr",
-           "-Xcompiler", "-fPIC", "-Xptxas", "-v"]
-    cmd += [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    rows = []
-    # ptxas runs once per arch; its "Compiling entry function ... for 'sm_XX'" lines say which
-    arch = None
-    chunk: list[str] = []
+def compile_cuda_source(nvcc: str, src: str, include: str, out_dir: str, arch: int, host: bool) -> tuple[int, str, list[dict]]:
+    """nvcc with -Xptxas -v for sm_<arch>: (return code, stderr, report rows).
 
-    def flush():
-        for name, rec in parse_ptxas("\n".join(chunk)).items():
-            rows.append({"kernel": name, "variant": os.path.basename(src), "arch": arch, **rec})
-
-    for line in proc.stderr.splitlines():
-        m = re.search(r"for '(sm_\w+)'", line)
-        if m and m.group(1) != arch:
-            if chunk:
-                flush()
-            arch, chunk = m.group(1), []
-        chunk.append(line)
-    if chunk:
-        flush()
+    ``host=True`` compiles the whole translation unit (host and device code, ``-c``) as the
+    build does; ``host=False`` only the device code (``--cubin``), which is what the resource
+    report needs and takes a fraction of the time for files with heavy host templates (CUB).
+    """
+    base = os.path.join(out_dir, f"{os.path.basename(src)}.sm_{arch}")
+    common = ["-I", include, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas", "-v"]
+    if host:
+        cmd = [nvcc, "-c", src, "-o", base + ".o", "-Xcompiler", "-fPIC", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    else:
+        cmd = [nvcc, "--cubin", src, "-o", base + ".cubin", f"-arch=sm_{arch}"]
+    proc = subprocess.run(cmd + common, capture_output=True, text=True)
+    rows = [{"kernel": name, "variant": os.path.basename(src), "arch": f"sm_{arch}", **rec}
+            for name, rec in parse_ptxas(proc.stderr).items()]
     return proc.returncode, proc.stderr, rows
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def _triton_job(args):
+    v, arch = args
+    try:
+        return compile_triton(v, arch), None
+    except Exception as err:  # reported per variant; the caller fails on any
+        return {"kernel": v.kernel, "variant": v.label, "arch": f"sm_{arch}"}, f"{type(err).__name__}: {err}"
+
+
+def triton_report(full: bool, archs=ARCHS, jobs: int = 1) -> tuple[list[dict], list[str]]:
+    """(rows, errors) of every Triton variant for every arch."""
+    tasks = [(v, a) for a in archs for v in triton_variants(full)]
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            results = list(pool.map(_triton_job, tasks))
+    else:
+        results = [_triton_job(t) for t in tasks]
+    rows = [r for r, e in results if e is None]
+    errors = [f"{r['kernel']}[{r['variant']}] {r['arch']}: {e}" for r, e in results if e is not None]
+    return rows, errors
+
+
+def cuda_report(archs=ARCHS, jobs: int = 1) -> tuple[list[dict], list[str]]:
+    """(rows, errors) of every csrc/cuda/*.cu for every arch (device code only)."""
+    import glob
+    from concurrent.futures import ThreadPoolExecutor
+
+    nvcc = find_nvcc()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = sorted(glob.glob(os.path.join(root, "csrc", "cuda", "*.cu")))
+    if nvcc is None or not sources:
+        return [], [f"skipped: {'nvcc not found' if nvcc is None else 'no csrc/cuda sources next to the package'}"]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futs = [(s, a, pool.submit(compile_cuda_source, nvcc, s, os.path.join(root, "csrc"), tmp, a, False))
+                for s in sources for a in archs]
+        rows, errors = [], []
+        for s, a, f in futs:
+            rc, err, rs = f.result()
+            rows += rs
+            if rc != 0:
+                errors.append(f"{os.path.basename(s)} sm_{a}: nvcc failed: {err[-1500:]}")
+    return rows, errors
+
+
+def render_markdown(rows: list[dict], title: str) -> str:
+    lines = [f"## {title}", "", "| kernel | variant | arch | regs | smem B | stack B | spill st/ld B |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["kernel"], r["variant"], r["arch"])):
+        name = r["kernel"] if len(r["kernel"]) < 60 else r["kernel"][:57] + "..."
+        lines.append(f"| {name} | {r['variant']} | {r['arch']} | {r['regs']} | {r['smem']} | {r['stack']} | "
+                     f"{r['spill_stores']}/{r['spill_loads']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import platform
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m cbda.compile_report", description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="every shipped specialisation (default: the CI subset)")
+    ap.add_argument("--archs", default=",".join(str(a) for a in ARCHS), help="comma-separated, e.g. 80,90")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--no-cuda", action="store_true", help="Triton kernels only")
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--md", help="write a markdown table here")
+    args = ap.parse_args(argv)
+    try:
+        archs = tuple(int(a) for a in args.archs.split(",") if a.strip())
+    except ValueError:
+        print(f"--archs: expected comma-separated integers like 80,90, got {args.archs!r}", file=sys.stderr)
+        return 2
+    if triton_ptxas() is None:
+        print("skipped: triton (and its ptxas) not installed", file=sys.stderr)
+        return 3
+    t0 = time.time()
+    trows, terr = triton_report(args.full, archs, args.jobs)
+    crows, cerr = ([], []) if args.no_cuda else cuda_report(archs, args.jobs)
+    import triton
+
+    meta = {"triton": triton.__version__, "ptxas": triton_ptxas(), "nvcc": find_nvcc(), "host": platform.node(),
+            "full": args.full, "archs": list(archs), "seconds": round(time.time() - t0, 1)}
+    data = {"meta": meta, "triton": trows, "cuda": crows, "errors": terr + cerr}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(f"# Compile resources (no GPU: AOT for {', '.join(f'sm_{a}' for a in archs)})\n\n")
+            f.write(f"triton {meta['triton']}, ptxas {os.path.basename(meta['ptxas'] or '-')}, nvcc {meta['nvcc']}; "
+                    f"{'full grid' if args.full else 'CI subset'}; regenerate: `python bench/compile_table.py`\n\n")
+            f.write(render_markdown(trows, "Triton kernels") + "\n\n" + render_markdown(crows, "CUDA kernels") + "\n")
+    spills = [r for r in trows + crows if r["spill_stores"] or r["spill_loads"]]
+    for r in trows + crows:
+        print(f"{r['arch']:7s} regs {r['regs']:3d} smem {r['smem']:6d} stack {r['stack']:4d} "
+              f"spill {r['spill_stores']}/{r['spill_loads']}  {r['kernel'].split('.')[-1][:60]} [{r['variant']}]")
+    for e in terr + cerr:
+        print("ERROR", e, file=sys.stderr)
+    print(f"{len(trows)} triton + {len(crows)} cuda kernel reports, {len(spills)} with spills, "
+          f"{len(terr + cerr)} errors, {meta['seconds']} s")
+    return 1 if spills or terr or [e for e in cerr if not e.startswith("skipped")] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

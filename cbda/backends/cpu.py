@@ -28,7 +28,7 @@ import torch
 
 from .. import _native
 from ..errors import InputError
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
+from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks, max_picks_per_image
 from .reference import weighted
 
 NAME = "cpu"
@@ -146,7 +146,7 @@ class CpuRound(RoundAccumulator):
                 scores, labels = score(logits, plan.spec, ids)
                 self._hist(logits.shape[1]).add_(torch.bincount(labels.flatten(), minlength=logits.shape[1]))
             s = weighted(scores.to(torch.float32), labels, self.weights)
-            self.means.append(s.mean(dim=(1, 2)))
+            self.means.append(exact_means(s))
             self.ids.append(image_ids)
             self.whole.append(prior.whole_image)
             return

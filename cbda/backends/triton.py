@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
+from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks, max_picks_per_image
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -112,7 +112,7 @@ class TritonRound(RoundAccumulator):
             s = scores.to(torch.float32)
             if self.weights is not None:
                 s = s * self.weights[labels]
-            self.means.append(s.mean(dim=(1, 2)))
+            self.means.append(exact_means(s))  # exact: no reduction-order ties
             self.ids.append(image_ids.cpu())
             self.whole.append(prior.whole_image.cpu())
             return
