@@ -74,10 +74,11 @@ def window_score_kernel(
     img = b.to(tl.int64) * H * W
     # in-image window width per column (the window is clipped to the image)
     nx = tl.minimum(xs + R, W - 1) - tl.maximum(xs - R, 0) + 1
-    # prime with rows [y_lo - R, y_lo + R - 1] clipped to the image
+    # prime with the window of row y_lo - 1, rows [y_lo - 1 - R, y_lo - 1 + R] clipped to the
+    # image: the first step then adds row y_lo + R and drops row y_lo - 1 - R like every other
     V = tl.zeros([C_BINS, TW], tl.int32)
     S = tl.zeros([TW], tl.float64)
-    for yy in range(tl.maximum(y_lo - R, 0), tl.minimum(y_lo + R, H)):
+    for yy in range(tl.maximum(y_lo - R - 1, 0), tl.minimum(y_lo + R, H)):
         c, e = _row_sums(ent, lab, img + yy * W, xs, W, cls, R, TW, C_BINS, MEAN_U)
         V += c
         S += e
