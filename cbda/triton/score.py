@@ -109,8 +109,11 @@ def _lerp(a, b, t):
     """a·(1-t) + b·t, except that a tap of weight 0 is skipped, so that a masked class
     (-inf) next to a weight-0 tap stays out of the result (0·-inf would be NaN). For finite
     taps this is bit-identical to the plain formula (x·0 = 0 and x·1 = x exactly)."""
-    mid = a * (1.0 - t) + b * t
-    return tl.where(t > 0.0, tl.where(t < 1.0, mid, b), a)
+    # a tap of weight 0 is replaced by 0 before the multiply (a·1 + 0 = a exactly), so no
+    # 0·-inf = NaN is ever formed, not even in a discarded branch
+    a0 = tl.where(t < 1.0, a, 0.0)
+    b0 = tl.where(t > 0.0, b, 0.0)
+    return a0 * (1.0 - t) + b0 * t
 
 
 @triton.jit
@@ -187,8 +190,8 @@ def fused_score_kernel(
             lx = ly
         base = logits + b.to(tl.int64) * s_b
         # -- pass 1: max, argmax (lowest class on ties), second max, online denominator ------
-        # -inf logits (masked classes) are exact zeros of the softmax; the rescale factors
-        # are taken as 0 where both operands are -inf (exp(-inf - -inf) would be NaN)
+        # -inf logits (masked classes) are exact zeros of the softmax: exp(-inf - m) = 0;
+        # only -inf - -inf would be NaN, and it is never formed
         mx = tl.full([HB * WB], float("-inf"), tl.float32)
         m2 = tl.full([HB * WB], float("-inf"), tl.float32)
         den = tl.zeros([HB * WB], tl.float32)
@@ -200,7 +203,12 @@ def fused_score_kernel(
             gt = v > mx
             m2 = tl.where(gt, mx, tl.maximum(m2, v))
             nm = tl.maximum(mx, v)
-            den = tl.where(mx == nm, den, den * tl.exp(mx - nm)) + tl.where(v == nm, 1.0, tl.exp(v - nm))
+            # where mx == nm (v == nm) the factor is exp(0) = 1; the where() inside keeps the
+            # exponent finite when both are -inf, so no NaN is ever formed
+            em = mx == nm
+            ev = v == nm
+            den = (den * tl.exp(tl.where(em, 0.0, mx) - tl.where(em, 0.0, nm))
+                   + tl.exp(tl.where(ev, 0.0, v) - tl.where(ev, 0.0, nm)))
             lab = tl.where(gt, c, lab)
             mx = nm
         # a pixel whose every class is -inf has no softmax (the reference gives NaN): an error
