@@ -341,8 +341,10 @@ def tile_config(radius: int) -> tuple[int, int, int]:
     """(HB, WB, NW) for window radius R: NW = pow2 >= (2R+1)^2 window lanes; the block keeps
     HB·WB·NW around 16k lanes so the (NW, HB·WB) window block fits in registers."""
     if radius == 0:
-        # 8×64: a 16×64 block needed 168 registers and spilled 8-16 bytes (sm_80/sm_90)
-        return 8, 64, 1
+        # 4×64 (two pixels per thread at 4 warps): 64-72 registers. 16×64 spilled 8-16 bytes on
+        # sm_80/sm_90 and 8×64 still spilled 4 bytes in the map variants on sm_90 (ptxas
+        # settled at 96 registers); no halo at r = 0, so small blocks cost no re-reads
+        return 4, 64, 1
     nw = _next_pow2((2 * radius + 1) ** 2)
     hb = max(16, _next_pow2(4 * radius))
     wb = max(32, _next_pow2(max(1, 16384 // (nw * hb))), _next_pow2(4 * radius))
