@@ -319,7 +319,8 @@ def main(argv=None) -> int:
 
     meta = {"triton": triton.__version__, "ptxas": triton_ptxas(), "nvcc": find_nvcc(), "host": platform.node(),
             "full": args.full, "archs": list(archs), "seconds": round(time.time() - t0, 1)}
-    data = {"meta": meta, "triton": trows, "cuda": crows, "errors": terr + cerr}
+    data = {"meta": meta, "triton": trows, "cuda": crows, "errors": terr + cerr,
+            "variants": [{"kernel": v.kernel, "variant": v.label} for v in triton_variants(args.full)]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)

@@ -12,6 +12,7 @@ under the Triton interpreter, which cannot compile for a GPU. Skips without trit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,15 +20,14 @@ import sys
 
 import pytest
 
-triton = pytest.importorskip("triton")
-
-from cbda.compile_report import triton_ptxas, triton_variants  # noqa: E402
+# triton itself is never imported here: the interpreter tests need the first import of
+# triton to happen with TRITON_INTERPRET=1 set (tests/_triton_env.py), or triton's own
+# @jit helpers (tl.sum's combine functions) are compiled-mode objects the interpreter rejects
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    if triton_ptxas() is None:
-        pytest.skip("triton's ptxas not found")
     out = tmp_path_factory.mktemp("aot") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # the launch default; silences triton 3.9's notice
@@ -45,7 +45,8 @@ def report(tmp_path_factory):
 def test_every_variant_compiles_for_both_targets(report):
     assert not report["errors"], "\n".join(report["errors"])
     got = {(r["kernel"], r["variant"], r["arch"].rstrip("a")) for r in report["triton"]}
-    want = {(v.kernel, v.label, f"sm_{a}") for v in triton_variants(False) for a in (80, 90)}
+    want = {(v["kernel"], v["variant"], f"sm_{a}") for v in report["variants"] for a in (80, 90)}
+    assert len(report["variants"]) >= 15
     assert got == want
     kernels = {r["kernel"] for r in report["triton"]}
     assert kernels == {"score.fused_score_kernel", "score.emit_kernel", "greedy.greedy_scan_kernel",
