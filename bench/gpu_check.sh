@@ -46,7 +46,7 @@ run() {
 FAILED=0
 
 JOBS="$(nproc 2>/dev/null || echo 4)"
-export CBDA_BUILD_CUDA=1 MAX_JOBS="$JOBS" TRITON_DEFAULT_FP_FUSION=1
+export CBDA_BUILD_CUDA=1 CBDA_BUILD_JOBS="$JOBS" MAX_JOBS="$JOBS" TRITON_DEFAULT_FP_FUSION=1
 run "build" 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v .
 # the installed package, never the source tree: run from outside the checkout
 run "info" 30 bash -c "cd '$WORK' && '$PY' -m cbda.info"
