@@ -2,6 +2,7 @@
 
 Prints which native modules were built (or why not), the compiler, nvcc and arch list,
 OpenMP, Triton, the GPU torch sees, and which backend ``auto`` picks here and why.
+``--check`` also runs every available backend against the reference (exit 1 on a mismatch).
 """
 
 from __future__ import annotations
@@ -97,15 +98,53 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+def check_backends(devices: list[torch.device] | None = None) -> list:
+    """``--check``: every backend that can run here (the reference excepted: it is the
+    yardstick), on every device torch sees, against the reference (cbda.api.selfcheck's
+    full grid: ties, -inf, float32/bfloat16/float16, r = 0/1/2/3). Returns CheckResults."""
+    from .api.selfcheck import check_backend
+
+    if devices is None:
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results = []
+    for dev in devices:
+        for name, why in dispatch.explain(dev):
+            if name == "reference" or why:
+                continue
+            results.append(check_backend(name, dev))
+    return results
+
+
+def render_checks(results: list) -> str:
+    if not results:
+        return "check: no backend other than the reference can run here"
+    lines = ["check against the reference (ties, -inf, all dtypes, r = 0/1/2/3):"]
+    lines += ["  " + r.line() for r in results]
+    bad = [r.backend for r in results if not r.ok]
+    lines.append("check: " + ("MISMATCH in " + ", ".join(bad) if bad else "all backends agree with the reference"))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m cbda.info", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--check", action="store_true",
+                        help="also run every available backend against the reference on small random inputs; "
+                             "exit 1 on any mismatch")
     args = parser.parse_args(argv)
     data = collect()
-    print(json.dumps(data, indent=2, default=str) if args.json else render(data))
-    return 0
+    results = check_backends() if args.check else None
+    if args.json:
+        if results is not None:
+            data["check"] = [dict(vars(r), ok=r.ok) for r in results]
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(render(data))
+        if results is not None:
+            print(render_checks(results))
+    return 1 if results is not None and not all(r.ok for r in results) else 0
 
 
 if __name__ == "__main__":

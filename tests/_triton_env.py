@@ -17,7 +17,7 @@ if _WANT:
     os.environ["TRITON_INTERPRET"] = "1"
 try:
     triton = pytest.importorskip("triton")
-    for _m in ("cbda.triton.score", "cbda.triton.greedy", "cbda.triton.topk"):
+    for _m in ("cbda.triton.score", "cbda.triton.greedy", "cbda.triton.topk", "cbda.triton.window"):
         importlib.import_module(_m)
 finally:
     if _WANT:

@@ -20,6 +20,7 @@ import torch
 
 import cbda
 from cbda.backends import cuda as cuda_backend
+from cbda.errors import InputError
 from cbda.reference.scores import _impurity, upsample_logits, window_mean
 from cbda.reference.select import sort_picks
 from cbda.scores import LOG_EPS, mix32
@@ -89,11 +90,20 @@ class FakeCuda:
         pix = torch.arange(H * W, dtype=torch.int64).reshape(1, H, W)
         return ((mix32(pix ^ hh) >> 8).to(torch.float32)) * (1.0 / 16777216.0), labels
 
+    @staticmethod
+    def _flag(x, H, W, bad_flag):
+        """The kernels' non-finite flag: NaN/+inf taps or a pixel whose every class is -inf."""
+        assert bad_flag, "the scoring kernels need a flag word"
+        up = upsample_logits(x, (H, W))
+        if bool((torch.isnan(x) | torch.isposinf(x)).any()) or bool(torch.isneginf(up).all(1).any()):
+            _view(bad_flag, 1, torch.int32).fill_(1)
+
     def score_maps(self, logits, dtype, B, C, h, w, H, W, heuristic, radius, seed_hash, image_ids, out_scores,
-                   out_labels, class_counts, stream):
+                   out_labels, class_counts, bad_flag, stream):
         self.calls.append("score_maps")
         assert heuristic == 0 or radius == 0
         x = self._logits(logits, dtype, B, C, h, w)
+        self._flag(x, H, W, bad_flag)
         ids = _view(image_ids, B, torch.int64)
         s, lab = self._pixel(x, H, W, heuristic, radius, ids, seed_hash)
         _view(out_scores, B * H * W, torch.float32).copy_(s.flatten())
@@ -129,9 +139,10 @@ class FakeCuda:
 
     def fused_candidates(self, logits, dtype, B, C, h, w, H, W, heuristic, radius, seed_hash, image_ids, class_counts,
                          weights, blocked, whole, use_cutoff, cut_score, cut_gidx, pixbits, keys, capacity, count,
-                         slot_counts, stream):
+                         slot_counts, bad_flag, stream):
         self.calls.append("fused_candidates")
         x = self._logits(logits, dtype, B, C, h, w)
+        self._flag(x, H, W, bad_flag)
         s, lab = self._pixel(x, H, W, heuristic, radius, _view(image_ids, B, torch.int64), seed_hash)
         if class_counts:
             _view(class_counts, C, torch.int64).add_(torch.bincount(lab.flatten(), minlength=C))
@@ -339,3 +350,47 @@ def test_stand_in_has_the_real_signatures():
         assert got == want, name
     for attr in ("MAX_FUSED_RADIUS", "MAX_CLASSES", "HEURISTICS", "DTYPES"):
         assert getattr(real, attr) == getattr(FakeCuda, attr)
+
+
+def _masked_logits(seed=0):
+    """Logits with masked classes: a whole channel, scattered entries, and class 0 of some
+    pixels (the leading logit of the online softmax) at -inf; never a whole pixel."""
+    x = random_logits(3, 5, 6, 7, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x[1, 2] = float("-inf")
+    holes = torch.rand(x.shape, generator=g) < 0.2
+    holes[:, 4] = False
+    x[holes] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("strategy", ["da", "ra", "image"])
+@pytest.mark.parametrize("radius", [1, 3])
+def test_masked_classes_follow_the_reference(fake, strategy, radius):
+    x = _masked_logits(radius)
+    kw = dict(budget=0.3, rounds=3, strategy=strategy, radius=radius, out_size=(11, 13), image_ids=[4, 0, 9],
+              num_images=10)
+    a = cbda.select(x, backend="cuda", **kw)
+    r = cbda.select(x, backend="reference", **kw)
+    assert torch.isfinite(r.scores).all()
+    assert _picks(a) == _picks(r)
+    torch.testing.assert_close(a.scores, r.scores)
+
+
+@pytest.mark.parametrize("poison", ["nan", "+inf", "all -inf"])
+@pytest.mark.parametrize("call", ["score", "da", "image", "wide"])
+def test_nonfinite_logits_raise_from_the_kernel_flag(fake, poison, call):
+    x = random_logits(2, 4, 5, 6, seed=0)
+    if poison == "nan":
+        x[1, 2, 3, 4] = float("nan")
+    elif poison == "+inf":
+        x[0, 1, 0, 0] = float("inf")
+    else:
+        x[1, :, 2, 2] = float("-inf")
+    with pytest.raises(InputError, match="logits"):
+        if call == "score":
+            cbda.score(x, out_size=(9, 11), backend="cuda")
+        elif call == "wide":
+            cbda.score(x, radius=4, out_size=(9, 11), backend="cuda")
+        else:
+            cbda.select(x, budget=0.2, strategy=call, out_size=(9, 11), num_images=2, backend="cuda")

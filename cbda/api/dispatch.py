@@ -6,11 +6,19 @@ list of the tensors' device and quietly skips what cannot run, except that falli
 want of a native module that should be there (an unbuilt source tree, a failed build) warns
 once with the cause and the fix; a backend named by the user that cannot run raises with its
 reasons; when nothing fits, the error lists every backend's reasons.
+
+Before ``auto`` first uses a GPU backend in a process it checks it against the reference on
+tiny inputs (``cbda.api.selfcheck``, well under 100 ms once compiled); a backend that
+disagrees is skipped with one warning. ``CBDA_SELF_CHECK=0`` turns this off; a backend
+named explicitly is never checked.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import threading
+import warnings
 from types import ModuleType
 
 import torch
@@ -34,6 +42,44 @@ _MODULES = {
 _AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
 #: backend -> the native module it needs
 _NATIVE = {"cpu": "_cpu", "cuda": "_cuda"}
+
+
+#: device types whose backends ``auto`` checks against the reference before first use (the
+#: GPU backends, which CI cannot run); tests widen it to exercise the mechanism on CPU
+SELF_CHECK_DEVICE_TYPES = ("cuda",)
+# (backend, device) -> passed; filled once per process
+_checked: dict[tuple[str, str], bool] = {}
+_check_lock = threading.Lock()
+
+
+def self_check_enabled() -> bool:
+    """``CBDA_SELF_CHECK=0`` turns the first-use check of ``auto`` off."""
+    return os.environ.get("CBDA_SELF_CHECK", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _passes_self_check(name: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``auto`` may use backend ``name`` on ``device``: the miniature check of
+    ``cbda.api.selfcheck`` once per (backend, device) and process; on a mismatch a warning
+    (once) and False, so that ``auto`` falls through to the next backend."""
+    if device.type not in SELF_CHECK_DEVICE_TYPES or name == "reference" or not self_check_enabled():
+        return True
+    key = (name, str(device))
+    with _check_lock:
+        if key in _checked:
+            return _checked[key]
+        from .selfcheck import check_backend
+
+        res = check_backend(name, device, dtype, mini=True, module=_module(name)[0])
+        _checked[key] = res.ok
+    if not res.ok:
+        warnings.warn(
+            f"cbda: backend {name!r} disagrees with the reference on {device} in the self-check "
+            f"({'; '.join(res.failures[:3])}); backend='auto' uses the next backend instead in this process "
+            "(python -m cbda.info --check for details; CBDA_SELF_CHECK=0 turns the check off)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return res.ok
 
 
 def _module(name: str) -> tuple[ModuleType | None, str | None]:
@@ -77,6 +123,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype = torch.float
     collected = {}
     for name in auto_order(device):
         why = reasons(name, device, dtype)
+        if not why and not _passes_self_check(name, device, dtype):
+            why = ["disagreed with the reference in the first-use self-check"]
         if not why:
             for skipped in collected:  # a fallback for want of an expected module is said once
                 if skipped in _NATIVE:

@@ -8,7 +8,8 @@ import torch
 
 from ..scores import ScoreSpec
 
-__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES", "image_picks", "max_picks_per_image"]
+__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES", "image_picks", "max_picks_per_image",
+           "exact_means"]
 
 #: strategy -> (selection scope, class balanced)
 STRATEGIES = {
@@ -75,10 +76,52 @@ def max_picks_per_image(h: int, w: int, radius: int) -> int:
     return -(-h // k) * -(-w // k)
 
 
+def exact_means(scores: torch.Tensor) -> torch.Tensor:
+    """Per-image means of float32 score maps, exact: the correctly rounded float64 of the
+    true mean, whatever the device or the reduction order.
+
+    A float reduction's result depends on its summation order (a GPU tree, a CPU loop), so
+    two backends with identical score maps could rank near-tied images differently. Here each
+    finite float32 is ±M·2^(E-150) with an integer M < 2^24: the M are summed exactly in
+    int64 per exponent E (one index_add over 256 buckets on the scores' device; |sum| <
+    2^24·H·W < 2^63), and the 256 bucket sums are combined as Python integers.
+
+    Args:
+        scores: (B, H, W) float32 (finite), any device.
+    Returns:
+        (B,) float64 CPU tensor.
+    """
+    from fractions import Fraction
+
+    b = scores.shape[0]
+    n = scores[0].numel() if b else 0
+    out = torch.empty(b, dtype=torch.float64)
+    if b == 0:
+        return out
+    if n == 0:
+        return out.fill_(float("nan"))
+    flat = scores.reshape(b, -1)
+    buckets = []
+    for i in range(b):  # one image at a time: O(H·W) int64 temporaries, not O(B·H·W)
+        bits = flat[i].to(torch.float32).contiguous().view(torch.int32)
+        e = (bits >> 23) & 0xFF
+        mant = (bits & 0x7FFFFF).to(torch.int64)
+        mant = torch.where(e > 0, mant | 0x800000, mant)
+        mant = torch.where(bits < 0, -mant, mant)
+        e = torch.clamp(e, min=1).to(torch.int64)  # subnormals share the scale of E = 1
+        buckets.append(torch.zeros(256, dtype=torch.int64, device=scores.device).index_add_(0, e, mant))
+    rows = torch.stack(buckets).cpu().tolist()  # one device read for the batch
+    for i, row in enumerate(rows):
+        total = sum(v << (k - 1) for k, v in enumerate(row) if v)  # units of 2^-149
+        out[i] = float(Fraction(total, n << 149))
+    return out
+
+
 def image_picks(ids: list[torch.Tensor], means: list[torch.Tensor], whole: list[torch.Tensor],
                 count: int, predicted_counts: torch.Tensor | None) -> Picks:
-    """Picks of the ``image`` strategy from per-batch image ids, mean scores and whole-image
-    flags (all (B,) CPU or device tensors): the ``count`` best images, ys = xs = classes = -1."""
+    """Picks of the ``image`` strategy from per-batch image ids, mean scores (``exact_means``,
+    so that every backend ranks identical score maps identically) and whole-image flags (all
+    (B,) CPU or device tensors): the ``count`` best images, ys = xs = classes = -1."""
     from ..reference import image_ranking
 
     if not ids:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
+from ..errors import InputError
+from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks, max_picks_per_image
 from .reference import weighted
 
 NAME = "cpu"
@@ -58,6 +59,18 @@ def _check_size(h: int, w: int) -> None:
         raise ValueError("image_size: H*W must be below 2^32 for the cpu backend")
 
 
+def _call(fn, *args):
+    """Call into cbda._cpu; its non-finite-logits error (a ValueError raised after the
+    threads join: the kernels count NaN/+inf and all -inf pixels as they read the logits,
+    no extra pass) becomes the API's InputError."""
+    try:
+        return fn(*args)
+    except ValueError as err:
+        if str(err).startswith("logits:"):
+            raise InputError(str(err)) from None
+        raise
+
+
 def _logits_args(logits: torch.Tensor):
     """(address, dtype code, sizes, element strides) of a (B, C, h, w) tensor, any layout."""
     return logits.data_ptr(), DTYPE_CODES[logits.dtype], tuple(logits.shape), tuple(logits.stride())
@@ -81,7 +94,7 @@ def score(logits: torch.Tensor, spec, image_ids: torch.Tensor) -> tuple[torch.Te
     if b == 0 or hh * ww == 0:
         return scores, labels
     ids = image_ids.to(torch.int64).contiguous()
-    mod.score_maps(*_logits_args(logits), ids.data_ptr(), HEUR_CODES[spec.heuristic], spec.radius, hh, ww,
+    _call(mod.score_maps, *_logits_args(logits), ids.data_ptr(), HEUR_CODES[spec.heuristic], spec.radius, hh, ww,
                    spec.seed & (2**64 - 1), scores.data_ptr(), labels.data_ptr(), _threads())
     return scores, labels
 
@@ -133,7 +146,7 @@ class CpuRound(RoundAccumulator):
                 scores, labels = score(logits, plan.spec, ids)
                 self._hist(logits.shape[1]).add_(torch.bincount(labels.flatten(), minlength=logits.shape[1]))
             s = weighted(scores.to(torch.float32), labels, self.weights)
-            self.means.append(s.mean(dim=(1, 2)))
+            self.means.append(exact_means(s))
             self.ids.append(image_ids)
             self.whole.append(prior.whole_image)
             return
@@ -142,7 +155,7 @@ class CpuRound(RoundAccumulator):
         if logits is not None:
             spec = plan.spec
             hist = self._hist(logits.shape[1])
-            self.native.add_logits(*_logits_args(logits), ids.data_ptr(), HEUR_CODES[spec.heuristic], spec.radius,
+            _call(self.native.add_logits, *_logits_args(logits), ids.data_ptr(), HEUR_CODES[spec.heuristic], spec.radius,
                                    spec.seed & (2**64 - 1), wptr, *pr.ptrs(), hist.data_ptr())
         else:
             s = scores.to(torch.float32).contiguous()

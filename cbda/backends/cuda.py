@@ -29,8 +29,9 @@ import torch
 
 from .. import _native
 from ..errors import InputError
+from ..reference.scores import NONFINITE_MESSAGE
 from ..scores import RIPU_PIXEL_RADIUS, ScoreSpec
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
+from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks, max_picks_per_image
 from .reference import weighted
 
 NAME = "cuda"
@@ -52,6 +53,31 @@ def _fmt_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+def driver_problem(driver: int, runtime: int) -> str | None:
+    """Why a CUDA driver cannot run cbda._cuda, or None when it can (CUDA's rule).
+
+    ``driver`` and ``runtime`` are cudaDriverGetVersion/cudaRuntimeGetVersion values
+    (1000·major + 10·minor). CUDA's compatibility rule for a module that embeds machine code
+    (SASS) for the GPU: a driver runs code built with any toolkit of its own CUDA major
+    version or older (minor-version compatibility: a 13.0 driver runs a 13.2 build), and
+    refuses a newer major. cbda._cuda embeds SASS for every arch of its arch list, so only
+    a GPU outside that list needs its PTX compiled by the driver, which minor-version
+    compatibility does not cover (a driver older than the build's minor cannot JIT it).
+    """
+    if driver <= 0:
+        return "no CUDA driver was found (cudaDriverGetVersion failed)"
+    if runtime <= 0:
+        return "the CUDA runtime linked into cbda._cuda reports no version"
+    if driver // 1000 < runtime // 1000:
+        return (
+            f"the CUDA driver supports CUDA {_fmt_version(driver)}, but cbda._cuda was built with CUDA "
+            f"{_fmt_version(runtime)}: a driver runs builds of its own CUDA major version or older "
+            f"(CUDA {runtime // 1000}.x needs a driver for CUDA {runtime // 1000}.0 or newer); update the driver "
+            "or rebuild cbda with an older toolkit (CUDA_HOME=... pip install .)"
+        )
+    return None
+
+
 def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
     reasons = []
     mod = _native.load("_cuda")
@@ -63,11 +89,9 @@ def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]
         reasons.append(f"dtype {dtype} not in float32/bfloat16/float16")
     if mod is not None and device.type == "cuda":
         driver, runtime = mod.versions()  # creates no context
-        if driver < runtime:
-            reasons.append(
-                f"the CUDA driver supports CUDA {_fmt_version(driver)}, but cbda._cuda was built with "
-                f"CUDA {_fmt_version(runtime)} (rebuild with an older toolkit or update the driver)"
-            )
+        problem = driver_problem(int(driver), int(runtime))
+        if problem:
+            reasons.append(problem)
     return reasons
 
 
@@ -124,9 +148,34 @@ def _logits_args(x: torch.Tensor, H: int, W: int) -> tuple:
     return (_ptr(x), _DTYPES[x.dtype], b, c, h, w, H, W)
 
 
-def _score_maps(mod, x, spec: ScoreSpec, ids, H, W, counts):
+class _Status:
+    """Two int64 device words read together once per batch: [0] the candidate count (an
+    atomic counter), [1] the non-finite flag the scoring kernels set (its low 32 bits: an
+    ``unsigned int*`` for the kernels) on NaN/+inf logits or a pixel with no finite class."""
+
+    def __init__(self, device):
+        self.t = torch.zeros(2, dtype=torch.int64, device=device)
+
+    @property
+    def count_ptr(self) -> int:
+        return _ptr(self.t)
+
+    @property
+    def flag_ptr(self) -> int:
+        return _ptr(self.t) + 8  # little-endian: the low word of t[1]
+
+    def read(self) -> tuple[int, int]:
+        """(count, flag) with one device read; raises InputError when the flag is set."""
+        n, bad = self.t.tolist()
+        if bad:
+            raise InputError(NONFINITE_MESSAGE)
+        return n, bad
+
+
+def _score_maps(mod, x, spec: ScoreSpec, ids, H, W, counts, flag_ptr: int):
     """Scores (B, H, W) float32 and labels (B, H, W) int64 of a contiguous CUDA batch
-    (B <= 65535); the pseudo-label histogram is added to ``counts`` when given."""
+    (B <= 65535); the pseudo-label histogram is added to ``counts`` when given; the
+    non-finite flag is set at ``flag_ptr`` (a _Status word)."""
     dev = x.device
     b, c = x.shape[:2]
     stream = _stream(dev)
@@ -136,13 +185,14 @@ def _score_maps(mod, x, spec: ScoreSpec, ids, H, W, counts):
     if _fused(spec, mod):
         code, radius = _kernel_heuristic(spec, mod)
         mod.score_maps(*_logits_args(x, H, W), code, radius, seed_hash, _ptr(ids), _ptr(scores), _ptr(labels),
-                       _ptr(counts), stream)
+                       _ptr(counts), flag_ptr, stream)
         return scores, labels
     # large windows: pixel entropy + labels, then separable window passes
     pixel = spec.heuristic == "ripu_pixel"
     code = mod.HEURISTICS["entropy_raw" if pixel else "entropy"]
     ent = torch.empty((b, H, W), dtype=torch.float32, device=dev)
-    mod.score_maps(*_logits_args(x, H, W), code, 0, seed_hash, _ptr(ids), _ptr(ent), _ptr(labels), _ptr(counts), stream)
+    mod.score_maps(*_logits_args(x, H, W), code, 0, seed_hash, _ptr(ids), _ptr(ent), _ptr(labels), _ptr(counts),
+                   flag_ptr, stream)
     radius = RIPU_PIXEL_RADIUS if pixel else spec.radius
     scratch = torch.empty((b, H, W), dtype=torch.int32, device=dev)
     mod.window_impurity(_ptr(labels), b, H, W, c, radius, _ptr(scratch), _ptr(scores), stream)
@@ -166,10 +216,12 @@ def score(logits, spec, image_ids):
     dev = x.device
     ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
     with _on(dev):
+        status = _Status(dev)
         parts = [
-            _score_maps(mod, x[s : s + _MAX_GRID_Z], spec, ids[s : s + _MAX_GRID_Z], H, W, None)
+            _score_maps(mod, x[s : s + _MAX_GRID_Z], spec, ids[s : s + _MAX_GRID_Z], H, W, None, status.flag_ptr)
             for s in range(0, x.shape[0], _MAX_GRID_Z)
         ]
+        status.read()
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -258,16 +310,19 @@ class CudaRound(RoundAccumulator):
             H, W = _check_logits(mod, x, plan.spec.out_size)
             ids = image_ids.to(device=dev, dtype=torch.int64)
             counts = self._counts(x.shape[1], dev)
+            status = _Status(dev)
             parts = [
-                _score_maps(mod, x[s : s + _MAX_GRID_Z], plan.spec, ids[s : s + _MAX_GRID_Z], H, W, counts)
+                _score_maps(mod, x[s : s + _MAX_GRID_Z], plan.spec, ids[s : s + _MAX_GRID_Z], H, W, counts,
+                            status.flag_ptr)
                 for s in range(0, x.shape[0], _MAX_GRID_Z)
             ]
+            status.read()
             scores = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
             labels = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         wtd = weighted(scores.to(torch.float32), labels, plan.class_weights)
-        # the mean is taken on the CPU, in the reference's reduction order, so that near-tied
-        # images rank exactly as there (one batch of scores crosses the bus; image strategy only)
-        self.means.append(wtd.cpu().mean(dim=(1, 2)))
+        # exact means on the device (no reduction-order dependence: near-tied images rank as
+        # in every other backend; only 256 bucket sums per image cross the bus)
+        self.means.append(exact_means(wtd))
         self.ids.append(image_ids.cpu())
         self.whole.append(prior.whole_image.cpu())
 
@@ -280,9 +335,11 @@ class CudaRound(RoundAccumulator):
         ids = ids_cpu.to(dev)
         quota = self._quota()
         counts = self._counts(x.shape[1], dev) if x is not None else None
+        status = _Status(dev)
         if quota == 0:  # nothing to pick; the histogram is still due
             if x is not None:
-                _score_maps(mod, x, plan.spec, ids, h, w, counts)
+                _score_maps(mod, x, plan.spec, ids, h, w, counts, status.flag_ptr)
+                status.read()
             return
         # 1. centres blocked by earlier rounds
         mask = torch.zeros(b * hw, dtype=torch.uint8, device=dev)
@@ -294,22 +351,21 @@ class CudaRound(RoundAccumulator):
         weights = plan.class_weights.to(device=dev, dtype=torch.float32).contiguous() if plan.class_weights is not None else None
         # 2. candidates (one reservation per warp); capacity = every pixel of the chunk
         keys = torch.empty(b * hw, dtype=torch.int64, device=dev)
-        count = torch.zeros(1, dtype=torch.int64, device=dev)
         slot_counts = torch.zeros(b, dtype=torch.int64, device=dev)
         use_cut = self.cutoff is not None
         cut_score, cut_gidx = self.cutoff if use_cut else (0.0, 0)
         blocking = (_ptr(weights), _ptr(mask), _ptr(whole))
-        append = (use_cut, float(cut_score), int(cut_gidx), pixbits, _ptr(keys), keys.numel(), _ptr(count),
+        append = (use_cut, float(cut_score), int(cut_gidx), pixbits, _ptr(keys), keys.numel(), status.count_ptr,
                   _ptr(slot_counts))
         if x is not None and _fused(plan.spec, mod):
             code, radius = _kernel_heuristic(plan.spec, mod)
             mod.fused_candidates(*_logits_args(x, h, w), code, radius, _mix32(plan.spec.seed & _M32), _ptr(ids),
-                                 _ptr(counts), *blocking, *append, stream)
+                                 _ptr(counts), *blocking, *append, status.flag_ptr, stream)
         else:
             if x is not None:
-                scores, labels = _score_maps(mod, x, plan.spec, ids, h, w, counts)
+                scores, labels = _score_maps(mod, x, plan.spec, ids, h, w, counts, status.flag_ptr)
             mod.map_candidates(_ptr(scores), _ptr(labels), b, h, w, *blocking, _ptr(ids), *append, stream)
-        n = int(count.item())
+        n, _ = status.read()  # the one host read of the batch: count and non-finite flag
         # 3. group by image, best first; exact greedy per image
         slotbits = (b - 1).bit_length()
         end_bit = 32 + pixbits + slotbits

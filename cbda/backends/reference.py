@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import reference_score, select_regions
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks
+from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks
 
 NAME = "reference"
 
@@ -61,7 +61,7 @@ class ReferenceRound(RoundAccumulator):
         labels = torch.cat(self.labels)
         plan = self.plan
         if plan.scope == "image":
-            return image_picks([ids], [scores.mean(dim=(1, 2))], self.whole, plan.total, self.counts)
+            return image_picks([ids], [exact_means(scores)], self.whole, plan.total, self.counts)
         out = select_regions(
             scores, labels, ids, torch.cat(self.blocked), plan.radius,
             plan.per_image if plan.scope == "per_image" else None,

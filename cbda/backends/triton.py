@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import Picks, RoundAccumulator, RoundPlan, image_picks, max_picks_per_image
+from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks, max_picks_per_image
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -36,7 +36,7 @@ def _interpret() -> bool:
 def not_supported_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
     reasons = []
     if importlib.util.find_spec("triton") is None:
-        reasons.append("triton is not installed (pip install 'triton>=3.0')")
+        reasons.append("triton is not installed (pip install 'triton>=3.4')")
     if device.type != "cuda" and not (device.type == "cpu" and _interpret()):
         reasons.append(
             f"tensors are on {device.type}; the triton backend needs CUDA tensors "
@@ -90,7 +90,7 @@ class TritonRound(RoundAccumulator):
 
         if self.cand is None or self.cand.capacity < n:
             self.cand = Candidates(n, self.device)
-        self.cand.count.zero_()
+        self.cand.status.status.zero_()
         return self.cand
 
     # -- one batch ----------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class TritonRound(RoundAccumulator):
             s = scores.to(torch.float32)
             if self.weights is not None:
                 s = s * self.weights[labels]
-            self.means.append(s.mean(dim=(1, 2)))
+            self.means.append(exact_means(s))  # exact: no reduction-order ties
             self.ids.append(image_ids.cpu())
             self.whole.append(prior.whole_image.cpu())
             return
@@ -124,17 +124,20 @@ class TritonRound(RoundAccumulator):
         blocked = _blocked(prior, (h, w), plan.radius, dev)
         cand = self._candidates(b * h * w)
         cutoff = self.buffer.cutoff if plan.scope == "global" else None
-        if logits is not None and spec.heuristic != "ripu_pixel":
+        wide = spec.heuristic == "ripu_pixel" or (spec.heuristic == "ripu" and spec.radius > ks.MAX_FUSED_RADIUS)
+        if logits is not None and not wide:
             ks.run_fused(
                 logits, ks.HEUR_CODES[spec.heuristic], spec.radius, (h, w), ids, spec.seed,
                 weights=self.weights, blocked=blocked, cutoff=cutoff, cand=cand, hist=self.counts,
                 num_warps=NUM_WARPS,
             )
         else:
-            if logits is not None:  # ripu_pixel: maps first, then the 65x65 pass
-                scores, labels = ks.score_maps(logits, "ripu_pixel", spec.radius, (h, w), ids, spec.seed, hist=self.counts, num_warps=NUM_WARPS)
+            if logits is not None:  # wide windows: maps first, then the running-count window pass
+                scores, labels = ks.score_maps(logits, spec.heuristic, spec.radius, (h, w), ids, spec.seed,
+                                               hist=self.counts, num_warps=NUM_WARPS, bad_flag=cand.status.flag)
             ks.run_emit(scores.to(torch.float32), labels, ids, self.weights, blocked, cutoff, cand, num_warps=NUM_WARPS)
-        n = int(cand.count.item())  # the one host read of the batch
+        n, bad = cand.status.status.tolist()  # the one host read of the batch: count and flag
+        ks.raise_if_bad(bad)
         c_s, c_li, c_lab = cand.score[:n], cand.li[:n], cand.label[:n]
         if plan.radius > 0 or plan.scope == "per_image":
             c_s, c_li, c_lab = self._greedy(c_s, c_li, c_lab, b, quota)

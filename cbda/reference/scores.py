@@ -12,12 +12,43 @@ from ..scores import LOG_EPS, RIPU_PIXEL_RADIUS, ScoreSpec, random_scores
 __all__ = ["upsample_logits", "window_mean", "reference_score"]
 
 
+NONFINITE_MESSAGE = (
+    "logits: contains NaN or +inf values, or a pixel whose every class is -inf "
+    "(-inf alone is accepted: a masked class with probability 0)"
+)
+
+
 def upsample_logits(logits: torch.Tensor, out_size: tuple[int, int] | None) -> torch.Tensor:
-    """(B, C, h, w) any float dtype -> (B, C, H, W) float32, bilinear, align_corners=True."""
+    """(B, C, h, w) any float dtype -> (B, C, H, W) float32, bilinear, align_corners=True.
+
+    -inf (a masked class) is interpolated as "-inf wherever a -inf tap has a positive
+    weight": a tap of weight 0 contributes nothing (plain interpolation would compute
+    0·-inf = NaN there). Finite inputs give exactly F.interpolate's result.
+    """
     x = logits.to(torch.float32)
     if out_size is None or tuple(out_size) == tuple(x.shape[-2:]):
         return x
-    return F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=True)
+    size = tuple(out_size)
+    neg = torch.isneginf(x)
+    if not bool(neg.any()):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    fin = F.interpolate(torch.where(neg, 0.0, x), size=size, mode="bilinear", align_corners=True)
+    hit = F.interpolate(neg.to(torch.float32), size=size, mode="bilinear", align_corners=True) > 0
+    return torch.where(hit, float("-inf"), fin)
+
+
+def check_finite_logits(logits: torch.Tensor, upsampled: torch.Tensor) -> None:
+    """NaN/+inf anywhere in the logits, or a pixel whose every class is -inf, is an error
+    (InputError); -inf alone is a masked class. The reference checks with full passes; the
+    fused backends raise the same error from a flag their kernels set."""
+    from ..errors import InputError
+
+    if logits.numel() == 0:
+        return
+    if bool((torch.isnan(logits) | torch.isposinf(logits)).any()):
+        raise InputError(NONFINITE_MESSAGE)
+    if bool(torch.isneginf(upsampled).all(dim=1).any()):
+        raise InputError(NONFINITE_MESSAGE)
 
 
 def window_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -67,8 +98,12 @@ def reference_score(
     Returns:
         scores (B, H, W) float32 and pseudo labels (B, H, W) int64 (argmax of the
         upsampled logits, lowest class on ties).
+    Raises:
+        InputError: NaN or +inf logits, or a pixel whose every class is -inf. -inf is a
+            masked class: probability exactly 0 (torch.softmax), contributing 0 to the entropy.
     """
     x = upsample_logits(logits, spec.out_size)
+    check_finite_logits(logits, x)
     b, c, h, w = x.shape
     labels = x.argmax(1)
     if spec.heuristic == "random":

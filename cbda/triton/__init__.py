@@ -3,6 +3,8 @@
 - ``score``: the fused per-batch kernel (bilinear upsampling, softmax, entropy, pseudo label,
   window statistics, class weight, blocked mask, cut-off test, in-program compaction of the
   candidates, pseudo-label histogram) and the emission kernel for precomputed score maps.
+- ``window``: scores of wide windows (r > 2, ripu_pixel's 65×65) from per-pixel maps as
+  running per-class counts down column strips (registers independent of r).
 - ``greedy``: exact per-image greedy blocking as a chunked scan of each image's sorted
   candidates, one program per image.
 - ``topk``: 64-bit orderable keys, the (score desc, index asc) order, and the streaming

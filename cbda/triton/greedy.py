@@ -11,7 +11,8 @@ stable device sorts; then one program per image walks its segment in chunks of C
      gather from global memory per chunk, not per candidate);
   2. resolve the chunk's survivors in order inside registers: CH sequential steps, each an
      O(CH) vector test of "is a kept earlier candidate of this chunk within 2r";
-  3. write the kept pixels, stamp their (4r+1)² boxes into the bitmap (one vector store),
+  3. write the kept pixels, stamp their (4r+1)² boxes into the bitmap (row by row, in
+     (CH, 16) slabs, so registers do not grow with r),
      barrier, next chunk; stop when the quota is met.
 Cost per image: O(n_scanned·CH) register work and n_scanned/CH global round trips, where
 n_scanned <= candidates of the image; independent of how smooth the score map is (chains
@@ -25,13 +26,18 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["greedy_scan"]
+from .score import device_guard
+
+__all__ = ["greedy_scan", "STAMP_WIDTH"]
+
+#: columns of a blocking box stamped per step (the slab is CH × STAMP_WIDTH lanes)
+STAMP_WIDTH = 16
 
 
 @triton.jit
 def greedy_scan_kernel(
     cand_li, seg, out_pos, out_count, bitmap, H, W, HW, quota,
-    R2: tl.constexpr, CH: tl.constexpr, BOX: tl.constexpr, SEG_OUT: tl.constexpr,
+    R2: tl.constexpr, CH: tl.constexpr, DXB: tl.constexpr, SEG_OUT: tl.constexpr,
 ):
     b = tl.program_id(0)
     start = tl.load(seg + b)
@@ -43,10 +49,7 @@ def greedy_scan_kernel(
     img = b.to(tl.int64) * HW
     offs = tl.arange(0, CH)
     SIDE: tl.constexpr = 2 * R2 + 1
-    box = tl.arange(0, BOX)
-    bdy = box // SIDE - R2
-    bdx = box % SIDE - R2
-    bin_ = box < SIDE * SIDE
+    dxs = tl.arange(0, DXB)
     count = tl.zeros([], tl.int64)
     pos = start
     while (pos < end) & (count < quota):
@@ -74,12 +77,21 @@ def greedy_scan_kernel(
         rank = tl.cumsum(kept, axis=0).to(tl.int64)
         take = (kept > 0) & (count + rank <= quota)
         tl.store(out_pos + out_base + count + rank - 1, idx, mask=take)
-        by = y[:, None] + bdy[None, :]
-        bx = x[:, None] + bdx[None, :]
-        bm = take[:, None] & bin_[None, :] & (by >= 0) & (by < H) & (bx >= 0) & (bx < W)
-        tl.store(bitmap + img + by.to(tl.int64) * W + bx, tl.full([CH, BOX], 1, tl.uint8), mask=bm)
+        ntake = tl.sum(take.to(tl.int64), axis=0)
+        if ntake > 0:
+            # stamp the kept centres' (4r+1)² boxes a (CH, DXB) slab at a time: registers stay
+            # O(CH·DXB / threads) at any radius (a whole (CH, box) block spilled at r = 2)
+            for dy in range(-R2, R2 + 1):
+                by = y + dy
+                row_ok = take & (by >= 0) & (by < H)
+                row = img + by.to(tl.int64) * W
+                for dx0 in range(0, SIDE, DXB):
+                    dx = dx0 + dxs
+                    bx = x[:, None] + (dx - R2)[None, :]
+                    bm = row_ok[:, None] & (dx < SIDE)[None, :] & (bx >= 0) & (bx < W)
+                    tl.store(bitmap + row[:, None] + bx, tl.full([CH, DXB], 1, tl.uint8), mask=bm)
         tl.debug_barrier()  # the next chunk's bitmap gather must see these stamps
-        count += tl.sum(take.to(tl.int64), axis=0)
+        count += ntake
         pos += CH
     tl.store(out_count + b, count)
 
@@ -118,9 +130,10 @@ def greedy_scan(
     out_count = torch.zeros(batch, dtype=torch.int64, device=dev)
     bitmap = torch.zeros(batch * h * w, dtype=torch.uint8, device=dev)
     r2 = 2 * int(radius)
-    box = 1 << max(0, (2 * r2 + 1) ** 2 - 1).bit_length()
-    greedy_scan_kernel[(batch,)](
-        sorted_li, seg, out_pos, out_count, bitmap, h, w, h * w, int(quota),
-        R2=r2, CH=chunk, BOX=box, SEG_OUT=seg_out, num_warps=num_warps,
-    )
+    dxb = min(STAMP_WIDTH, 1 << (2 * r2).bit_length())  # pow2 >= the box side 4r+1, capped
+    with device_guard(dev):
+        greedy_scan_kernel[(batch,)](
+            sorted_li, seg, out_pos, out_count, bitmap, h, w, h * w, int(quota),
+            R2=r2, CH=chunk, DXB=dxb, SEG_OUT=seg_out, num_warps=num_warps,
+        )
     return out_pos[:size]

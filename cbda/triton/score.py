@@ -27,6 +27,7 @@ one image H·W < 2^31 is required (checked on the host).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -34,19 +35,62 @@ import torch
 import triton
 import triton.language as tl
 
-from ..scores import LOG_EPS, RIPU_PIXEL_RADIUS, mix32
-from ..reference.scores import window_mean
+from ..scores import RIPU_PIXEL_RADIUS, mix32
 
-__all__ = ["HEUR_CODES", "run_fused", "run_emit", "score_maps", "interpreting"]
+__all__ = ["HEUR_CODES", "MAX_FUSED_RADIUS", "run_fused", "run_emit", "score_maps", "interpreting", "device_guard",
+           "NonFiniteFlag", "raise_if_bad"]
 
 #: heuristic -> constexpr code of the fused kernel; PIXEL_STATS writes the unnormalised
 #: entropy as the "score" (first pass of ripu_pixel)
 HEUR_CODES = {"ripu": 0, "entropy": 1, "margin": 2, "least_confidence": 3, "random": 4}
 PIXEL_STATS = 5
+#: the largest window radius the fused kernel computes with its register halo; past it the
+#: (2R+1)² window block would spill, and ``cbda.triton.window`` takes over
+MAX_FUSED_RADIUS = 2
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` the current CUDA device for a launch (a no-op off CUDA).
+
+    Triton launches on the current device with its current stream; tensors on ``cuda:1``
+    while ``cuda:0`` is current would be read through the wrong context (an illegal memory
+    access). Every launch of this package goes through this guard.
+    """
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+NONFINITE_MESSAGE = (
+    "logits: contains NaN or +inf values, or a pixel whose every class is -inf "
+    "(-inf alone is accepted: a masked class with probability 0)"
+)
+
+
+class NonFiniteFlag:
+    """An int64 device word the fused kernel sets to 1 when a logit it reads is NaN or +inf
+    or a pixel has no finite class; read once per batch together with the candidate count
+    (``status[0]`` = count, ``status[1]`` = flag), so the check costs no extra pass."""
+
+    def __init__(self, device: torch.device):
+        self.status = torch.zeros(2, dtype=torch.int64, device=device)
+
+    @property
+    def count(self) -> torch.Tensor:
+        return self.status[0:1]
+
+    @property
+    def flag(self) -> torch.Tensor:
+        return self.status[1:2]
+
+
+def raise_if_bad(flag_value: int) -> None:
+    from ..errors import InputError
+
+    if flag_value:
+        raise InputError(NONFINITE_MESSAGE)
 
 
 @triton.jit
@@ -61,20 +105,41 @@ def _mix32(h):
 
 
 @triton.jit
+def _lerp(a, b, t):
+    """a·(1-t) + b·t, except that a tap of weight 0 is skipped, so that a masked class
+    (-inf) next to a weight-0 tap stays out of the result (0·-inf would be NaN). For finite
+    taps this is bit-identical to the plain formula (x·0 = 0 and x·1 = x exactly)."""
+    # a tap of weight 0 is replaced by 0 before the multiply (a·1 + 0 = a exactly), so no
+    # 0·-inf = NaN is ever formed, not even in a discarded branch
+    a0 = tl.where(t < 1.0, a, 0.0)
+    b0 = tl.where(t > 0.0, b, 0.0)
+    return a0 * (1.0 - t) + b0 * t
+
+
+@triton.jit
+def _bad(v):
+    """NaN or +inf lanes (the errors; -inf is a masked class)."""
+    return (v != v) | (v == float("inf"))
+
+
+@triton.jit
 def _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, m, UPSAMPLE: tl.constexpr):
-    """Class c of the (upsampled) logits at the block's pixels, float32."""
+    """Class c of the (upsampled) logits at the block's pixels, float32, and the lanes whose
+    taps hold NaN or +inf (checked on every tap read, whatever its weight)."""
     p = base + c * s_c
     if UPSAMPLE:
         v00 = tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
         v01 = tl.load(p + y0 * s_h + x1 * s_w, mask=m, other=0.0).to(tl.float32)
         v10 = tl.load(p + y1 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
         v11 = tl.load(p + y1 * s_h + x1 * s_w, mask=m, other=0.0).to(tl.float32)
+        bad = _bad(v00) | _bad(v01) | _bad(v10) | _bad(v11)
         # PyTorch's CPU order: rows interpolated along x first, then blended along y
-        top = v00 * (1.0 - lx) + v01 * lx
-        bot = v10 * (1.0 - lx) + v11 * lx
-        return top * (1.0 - ly) + bot * ly
+        top = _lerp(v00, v01, lx)
+        bot = _lerp(v10, v11, lx)
+        return _lerp(top, bot, ly), bad
     else:
-        return tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
+        v = tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
+        return v, _bad(v)
 
 
 @triton.jit
@@ -85,7 +150,7 @@ def fused_score_kernel(
     weights, blocked, cut_s, cut_g,
     score_out, label_out,
     cand_score, cand_li, cand_label, cand_count,
-    hist,
+    hist, bad_flag,
     scratch_e, scratch_l,
     ntiles, tiles_w, tiles_per_img, nprog,
     HEUR: tl.constexpr, R: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr, NW: tl.constexpr,
@@ -125,24 +190,37 @@ def fused_score_kernel(
             lx = ly
         base = logits + b.to(tl.int64) * s_b
         # -- pass 1: max, argmax (lowest class on ties), second max, online denominator ------
+        # -inf logits (masked classes) are exact zeros of the softmax: exp(-inf - m) = 0;
+        # only -inf - -inf would be NaN, and it is never formed
         mx = tl.full([HB * WB], float("-inf"), tl.float32)
         m2 = tl.full([HB * WB], float("-inf"), tl.float32)
         den = tl.zeros([HB * WB], tl.float32)
         lab = tl.zeros([HB * WB], tl.int32)
+        bad = inimg & (inimg == 0)
         for c in range(C):
-            v = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
+            v, bv = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
+            bad = bad | bv
             gt = v > mx
             m2 = tl.where(gt, mx, tl.maximum(m2, v))
             nm = tl.maximum(mx, v)
-            den = den * tl.exp(mx - nm) + tl.exp(v - nm)
+            # where mx == nm (v == nm) the factor is exp(0) = 1; the where() inside keeps the
+            # exponent finite when both are -inf, so no NaN is ever formed
+            em = mx == nm
+            ev = v == nm
+            den = (den * tl.exp(tl.where(em, 0.0, mx) - tl.where(em, 0.0, nm))
+                   + tl.exp(tl.where(ev, 0.0, v) - tl.where(ev, 0.0, nm)))
             lab = tl.where(gt, c, lab)
             mx = nm
+        # a pixel whose every class is -inf has no softmax (the reference gives NaN): an error
+        bad = inimg & (bad | (mx == float("-inf")))
+        if tl.sum(bad.to(tl.int32), axis=0) > 0:
+            tl.store(bad_flag, 1)
         # -- pass 2 / per-pixel score ------------------------------------------------------
         if HEUR == 0 or HEUR == 1 or HEUR == 5:
             ent = tl.zeros([HB * WB], tl.float32)
             inv = 1.0 / den
             for c in range(C):
-                v = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
+                v, _ = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
                 p = tl.exp(v - mx) * inv
                 ent -= p * tl.log(p + 1e-6)
             if HEUR == 5:
@@ -263,7 +341,10 @@ def tile_config(radius: int) -> tuple[int, int, int]:
     """(HB, WB, NW) for window radius R: NW = pow2 >= (2R+1)^2 window lanes; the block keeps
     HB·WB·NW around 16k lanes so the (NW, HB·WB) window block fits in registers."""
     if radius == 0:
-        return 16, 64, 1
+        # 4×64 (two pixels per thread at 4 warps): 64-72 registers. 16×64 spilled 8-16 bytes on
+        # sm_80/sm_90 and 8×64 still spilled 4 bytes in the map variants on sm_90 (ptxas
+        # settled at 96 registers); no halo at r = 0, so small blocks cost no re-reads
+        return 4, 64, 1
     nw = _next_pow2((2 * radius + 1) ** 2)
     hb = max(16, _next_pow2(4 * radius))
     wb = max(32, _next_pow2(max(1, 16384 // (nw * hb))), _next_pow2(4 * radius))
@@ -286,7 +367,8 @@ class Candidates:
         self.score = torch.empty(max(1, self.capacity), dtype=torch.float32, device=device)
         self.li = torch.empty(max(1, self.capacity), dtype=torch.int64, device=device)
         self.label = torch.empty(max(1, self.capacity), dtype=torch.int32, device=device)
-        self.count = torch.zeros(1, dtype=torch.int64, device=device)
+        self.status = NonFiniteFlag(device)
+        self.count = self.status.count
 
 
 def run_fused(
@@ -304,6 +386,7 @@ def run_fused(
     hist: torch.Tensor | None = None,
     num_warps: int = 4,
     tile: tuple[int, int, int] | None = None,
+    bad_flag: torch.Tensor | None = None,
 ) -> None:
     """Launch the fused kernel on one batch.
 
@@ -318,6 +401,8 @@ def run_fused(
         maps: (scores (B,H,W) f32, labels (B,H,W) int64) to write, or None.
         cand: candidate buffers to append to (capacity >= B·H·W), or None.
         hist: (C,) int64 histogram to add the interior pseudo labels to, or None.
+        bad_flag: (1,) int64 word set to 1 on NaN/+inf logits or a pixel with no finite
+            class (the candidates' own status word when None and ``cand`` is given).
     """
     b, c, h, w = logits.shape
     H, W = int(out_size[0]), int(out_size[1])
@@ -325,6 +410,8 @@ def run_fused(
         raise ValueError("out_size: H*W must be below 2^31 for the triton backend")
     dev = logits.device
     r = int(radius) if heuristic_code == 0 else 0
+    if r > MAX_FUSED_RADIUS:
+        raise ValueError(f"radius: the fused kernel takes r <= {MAX_FUSED_RADIUS}, got {r} (use score_maps)")
     hb, wb, nw = tile or tile_config(r)
     th, tw = hb - 2 * r, wb - 2 * r
     tiles_h, tiles_w = -(-H // th), -(-W // tw)
@@ -348,6 +435,17 @@ def run_fused(
     else:
         cut_s, cut_g = cutoff
     seed_mix = int(mix32(torch.tensor(int(seed) & 0xFFFFFFFF, dtype=torch.int64)))
+    if bad_flag is None:
+        bad_flag = cand.status.flag if cand is not None else torch.zeros(1, dtype=torch.int64, device=dev)
+    with device_guard(dev):
+        _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, seed_mix, weights, blocked,
+                      cut_s, cut_g, maps, cand, hist, bad_flag, scratch_e, scratch_l, ntiles, tiles_w,
+                      tiles_h, heuristic_code, r, hb, wb, nw, upsample, num_warps, dummy_f, dummy_i, dummy_i32)
+
+
+def _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, seed_mix, weights, blocked,
+                  cut_s, cut_g, maps, cand, hist, bad_flag, scratch_e, scratch_l, ntiles, tiles_w,
+                  tiles_h, heuristic_code, r, hb, wb, nw, upsample, num_warps, dummy_f, dummy_i, dummy_i32):
     fused_score_kernel[(nprog,)](
         logits, *(int(s) for s in logits.stride()),
         h, w, H, W, c, scale_h, scale_w, math.log(c),
@@ -361,7 +459,7 @@ def run_fused(
         cand.li if cand is not None else dummy_i,
         cand.label if cand is not None else dummy_i32,
         cand.count if cand is not None else dummy_i,
-        hist if hist is not None else dummy_i,
+        hist if hist is not None else dummy_i, bad_flag,
         scratch_e, scratch_l,
         ntiles, tiles_w, tiles_h * tiles_w, nprog,
         HEUR=heuristic_code, R=r, HB=hb, WB=wb, NW=nw, C_BINS=_next_pow2(max(c, 2)),
@@ -392,28 +490,15 @@ def run_emit(
         cutoff = (torch.full((1,), float("-inf"), dtype=torch.float32, device=dev), torch.zeros(1, dtype=torch.int64, device=dev))
     dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
     dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
-    emit_kernel[(triton.cdiv(n, block),)](
-        scores.contiguous(), labels.contiguous() if labels is not None else dummy_i, n, H * W, image_ids,
-        weights if weights is not None else dummy_f,
-        blocked if blocked is not None else dummy_i,
-        cutoff[0], cutoff[1], cand.score, cand.li, cand.label, cand.count,
-        BLOCK=block, HAS_LABELS=labels is not None, HAS_W=weights is not None,
-        HAS_BLOCKED=blocked is not None, num_warps=num_warps,
-    )
-
-
-def ripu_pixel_scores(ent: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Second pass of ``ripu_pixel``: 65×65 impurity × unnormalised entropy.
-
-    The 65×65 window is too wide for a register halo, so the fused kernel writes the
-    per-pixel entropy and labels and this pass builds the per-class window counts one class
-    at a time from float64 integral images (O(B·H·W) memory, C passes over the maps).
-    """
-    acc = torch.zeros_like(ent)
-    for c in range(num_classes):
-        q = window_mean((labels == c).to(torch.float32).unsqueeze(1), RIPU_PIXEL_RADIUS).squeeze(1)
-        acc += q * torch.log(q + LOG_EPS)
-    return (-acc / math.log(num_classes)) * ent
+    with device_guard(dev):
+        emit_kernel[(triton.cdiv(n, block),)](
+            scores.contiguous(), labels.contiguous() if labels is not None else dummy_i, n, H * W, image_ids,
+            weights if weights is not None else dummy_f,
+            blocked if blocked is not None else dummy_i,
+            cutoff[0], cutoff[1], cand.score, cand.li, cand.label, cand.count,
+            BLOCK=block, HAS_LABELS=labels is not None, HAS_W=weights is not None,
+            HAS_BLOCKED=blocked is not None, num_warps=num_warps,
+        )
 
 
 def score_maps(
@@ -425,8 +510,19 @@ def score_maps(
     seed: int = 0,
     hist: torch.Tensor | None = None,
     num_warps: int = 4,
+    bad_flag: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (B, H, W) float32 and pseudo labels (B, H, W) int64 of a batch (``cbda.score``)."""
+    """Scores (B, H, W) float32 and pseudo labels (B, H, W) int64 of a batch (``cbda.score``).
+
+    ``ripu`` with r <= MAX_FUSED_RADIUS is one fused pass; wider windows (``ripu`` with
+    r > 2, ``ripu_pixel``'s 65×65) write per-pixel entropy and labels and then take the
+    running-count window pass of ``cbda.triton.window``.
+
+    bad_flag: (1,) int64 word the kernel sets on NaN/+inf logits (or a pixel with no finite
+    class); None: checked here (one device read) and raised as InputError.
+    """
+    from .window import window_scores
+
     b, c, h, w = logits.shape
     H, W = out_size if out_size is not None else (h, w)
     dev = logits.device
@@ -435,8 +531,20 @@ def score_maps(
     if b == 0:
         return scores, labels
     ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
-    code = PIXEL_STATS if heuristic == "ripu_pixel" else HEUR_CODES[heuristic]
-    run_fused(logits, code, radius, (H, W), ids, seed, maps=(scores, labels), hist=hist, num_warps=num_warps)
-    if heuristic == "ripu_pixel":
-        scores = ripu_pixel_scores(scores, labels, c)
+    own_flag = bad_flag is None
+    if own_flag:
+        bad_flag = torch.zeros(1, dtype=torch.int64, device=dev)
+    wide = heuristic == "ripu_pixel" or (heuristic == "ripu" and radius > MAX_FUSED_RADIUS)
+    if not wide:
+        run_fused(logits, HEUR_CODES[heuristic], radius, (H, W), ids, seed, maps=(scores, labels), hist=hist,
+                  num_warps=num_warps, bad_flag=bad_flag)
+    else:
+        pixel = heuristic == "ripu_pixel"
+        run_fused(logits, PIXEL_STATS if pixel else HEUR_CODES["entropy"], 0, (H, W), ids, seed,
+                  maps=(scores, labels), hist=hist, num_warps=num_warps, bad_flag=bad_flag)
+        with device_guard(dev):
+            scores = window_scores(scores, labels, c, RIPU_PIXEL_RADIUS if pixel else radius, mean_u=not pixel,
+                                   num_warps=num_warps)
+    if own_flag:
+        raise_if_bad(int(bad_flag.item()))
     return scores, labels

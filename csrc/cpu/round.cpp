@@ -5,6 +5,7 @@
 #include "round.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -13,6 +14,12 @@
 namespace cbda {
 
 namespace {
+
+// raised (std::domain_error -> ValueError) after the threads join; cbda/backends/cpu.py turns
+// it into the API's InputError with the same text as the other backends
+const char* const kNonFiniteMessage =
+    "logits: contains NaN or +inf values, or a pixel whose every class is -inf "
+    "(-inf alone is accepted: a masked class with probability 0)";
 
 inline int thread_id() {
 #ifdef _OPENMP
@@ -162,7 +169,11 @@ void Round::add_logits(const LogitsView& lv, const int64_t* ids, int heuristic, 
       pass_b_rows(E, L, cfg, C, lo, hi, bands_[tid], [&](int64_t i, float s, int32_t) { sink(i, s); });
   };
   auto label_at = [&](int64_t, int64_t pix) { return static_cast<int64_t>(L[pix]); };
+  for (auto& rs : rows_) rs.bad = 0;
   run_batch(lv.B, ids, prior, pass_a, emit, label_at, C, hist);
+  int64_t bad = 0;
+  for (const auto& rs : rows_) bad += rs.bad;
+  if (bad) throw std::domain_error(kNonFiniteMessage);
 }
 
 void Round::add_scores(const float* scores, const int64_t* labels, int64_t B, const int64_t* ids,
@@ -205,8 +216,9 @@ void score_maps(const LogitsView& lv, const int64_t* ids, int heuristic, int64_t
   std::vector<float> E(HW);
   std::vector<int32_t> L(HW);
   const int nt_req = resolve_threads(num_threads);
+  int64_t bad = 0;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt_req)
+#pragma omp parallel num_threads(nt_req) reduction(+ : bad)
 #endif
   {
     const int tid = thread_id(), nt = thread_count();
@@ -231,7 +243,9 @@ void score_maps(const LogitsView& lv, const int64_t* ids, int heuristic, int64_t
 #pragma omp barrier
 #endif
     }
+    bad += rs.bad;
   }
+  if (bad) throw std::domain_error(kNonFiniteMessage);
 }
 
 }  // namespace cbda

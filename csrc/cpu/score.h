@@ -48,6 +48,9 @@ ScoreConfig make_config(const LogitsView& lv, int heuristic, int64_t radius, int
 struct RowScratch {
   std::vector<float> u, m, s, acc, p1, p2, f0, f1;
   std::vector<int32_t> lab;
+  // rows that held NaN/+inf logits or a pixel with every class -inf (pass A counts them;
+  // the batch's owner reads the sum once, after the threads join, and raises)
+  int64_t bad = 0;
   void ensure(int64_t C, int64_t W, int64_t w);
 };
 

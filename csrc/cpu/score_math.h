@@ -7,8 +7,10 @@
 // are compared with a tolerance (1e-5 relative, 1e-6 absolute) and not bit for bit.
 #pragma once
 #include "common/mix32.h"
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace cbda {
 namespace math {
@@ -61,6 +63,22 @@ inline float log_f(float x) {
   y = y - 0.5f * z;
   float r = m + y;
   return r + e * 0.693359375f;
+}
+
+// 1 for NaN or +inf (errors), 0 otherwise (-inf is a masked class). Compare-only, so the
+// calling loops vectorise.
+inline int nan_or_pinf(float v) { return (v != v) | (v > 3.402823466e38f); }
+
+// ATen's blend fma(a, wa, b·wb), except that a tap of weight 0 contributes nothing: then a
+// -inf (masked class) of weight 0 stays out (0·-inf would be NaN). Finite inputs give the
+// same value (fma(a, wa, b·0) = a·wa and fma(a, 0, b·1) = b up to the sign of a zero). The
+// arms are computed first and selected without arithmetic, so the loops if-convert.
+inline float lerp_skip0(float a, float wa, float b, float wb) {
+  const float only_a = a * wa;
+  const float only_b = b * wb;
+  const float both = std::fma(a, wa, only_b);
+  const float r = wa == 0.0f ? only_b : both;
+  return wb == 0.0f ? only_a : r;
 }
 
 inline float bf16_to_f32(uint16_t h) { return as_float(static_cast<uint32_t>(h) << 16); }

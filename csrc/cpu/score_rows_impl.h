@@ -10,7 +10,8 @@
 //
 // Arithmetic mirrors the reference op by op, in float32 and without contraction
 // (fp-contract=off below): the bilinear value is ATen's fma(t0, wy0, t1·wy1) with
-// t = fma(v0, wx0, v1·wx1) (bit-identical, so pseudo labels are identical), softmax is
+// t = fma(v0, wx0, v1·wx1) (bit-identical, so pseudo labels are identical; a tap of weight
+// 0 is skipped so that a masked -inf class next to it does not make 0·-inf = NaN), softmax is
 // exp(x - max) / Σ exp, entropy Σ p ln(p + 1e-6) in class order. Only exp/log differ from
 // SLEEF's by about an ulp.
 
@@ -67,18 +68,27 @@ void rows_t(const LogitsView& lv, const ScoreConfig& cfg, int64_t b, uint64_t im
         } else {
           for (int64_t k = 0; k < w; ++k) { f0[k] = load(r0 + k * sW); f1[k] = load(r1 + k * sW); }
         }
+        // NaN/+inf anywhere in the source rows is an error (flag read once per batch)
+        int bad = 0;
+#pragma omp simd reduction(| : bad)
+        for (int64_t k = 0; k < w; ++k) bad |= math::nan_or_pinf(f0[k]) | math::nan_or_pinf(f1[k]);
+        rs.bad += bad;
         const float wy0 = cfg.ay.l0[y], wy1 = cfg.ay.l1[y];
 #pragma omp simd
         for (int64_t x = 0; x < W; ++x) {
           const int32_t a = xi0[x], b1 = xi1[x];
-          const float t0 = std::fma(f0[a], wx0[x], f0[b1] * wx1[x]);
-          const float t1 = std::fma(f1[a], wx0[x], f1[b1] * wx1[x]);
-          uc[x] = std::fma(t0, wy0, t1 * wy1);
+          const float t0 = math::lerp_skip0(f0[a], wx0[x], f0[b1], wx1[x]);
+          const float t1 = math::lerp_skip0(f1[a], wx0[x], f1[b1], wx1[x]);
+          uc[x] = math::lerp_skip0(t0, wy0, t1, wy1);
         }
       } else {
         const T* r = pc + y * lv.sH;
 #pragma omp simd
         for (int64_t x = 0; x < W; ++x) uc[x] = load(r + x * sW);
+        int bad = 0;
+#pragma omp simd reduction(| : bad)
+        for (int64_t x = 0; x < W; ++x) bad |= math::nan_or_pinf(uc[x]);
+        rs.bad += bad;
       }
     }
     // -- max and pseudo label (strict >: the lowest class wins ties, like torch.argmax) ----
@@ -92,6 +102,12 @@ void rows_t(const LogitsView& lv, const ScoreConfig& cfg, int64_t b, uint64_t im
         m[x] = g ? uc[x] : m[x];
         lab[x] = g ? static_cast<int32_t>(c) : lab[x];
       }
+    }
+    {  // a pixel whose every class is -inf has no softmax: an error like NaN
+      int none = 0;
+#pragma omp simd reduction(| : none)
+      for (int64_t x = 0; x < W; ++x) none |= (m[x] == -std::numeric_limits<float>::infinity()) ? 1 : 0;
+      rs.bad += none;
     }
     float* __restrict e_row = E + y * W;
     int32_t* __restrict l_row = L + y * W;

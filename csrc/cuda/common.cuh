@@ -57,18 +57,43 @@ __device__ __forceinline__ Tap make_tap(int64_t y, int64_t x, int64_t h, int64_t
   return t;
 }
 
+// fma(wa, a, wb·b), except that a tap of weight 0 contributes nothing: a masked class
+// (-inf) of weight 0 then stays out of the value (0·-inf would be NaN). Finite taps give
+// the same value (fma(wa, a, ±0) = wa·a and fma(0, a, wb·b) = wb·b).
+__device__ __forceinline__ float blend(float wa, float a, float wb, float b) {
+  const float only_b = __fmul_rn(wb, b);
+  const float both = __fmaf_rn(wa, a, only_b);
+  return wb == 0.f ? __fmul_rn(wa, a) : (wa == 0.f ? only_b : both);
+}
+
+// NaN or +inf: the logits errors (-inf is a masked class)
+__device__ __forceinline__ bool nan_or_pinf(float v) { return !(v <= 3.402823466e38f) && !(v == -INFINITY); }
+
 template <typename T>
 __device__ __forceinline__ float tap_value(const T* __restrict__ plane, const Tap& t) {
   const float a = load_f(plane + t.o00), b = load_f(plane + t.o01);
   const float c = load_f(plane + t.o10), d = load_f(plane + t.o11);
-  const float top = __fmaf_rn(t.w0l, a, __fmul_rn(t.w1l, b));
-  const float bot = __fmaf_rn(t.w0l, c, __fmul_rn(t.w1l, d));
-  return __fmaf_rn(t.h0l, top, __fmul_rn(t.h1l, bot));
+  const float top = blend(t.w0l, a, t.w1l, b);
+  const float bot = blend(t.w0l, c, t.w1l, d);
+  return blend(t.h0l, top, t.h1l, bot);
+}
+
+// The same value, and `bad` set when it is NaN or +inf: a NaN/+inf tap of positive weight
+// makes it so. Every source pixel has a positive weight at some output pixel when the
+// output is at least as large as the logits (align_corners=True), so every logit is
+// checked somewhere; checking the blended value, not the four taps, keeps the tile kernel
+// within its register budget (the per-tap test spilled 8 bytes at r = 1 on sm_90).
+template <typename T>
+__device__ __forceinline__ float tap_value(const T* __restrict__ plane, const Tap& t, bool& bad) {
+  const float v = tap_value(plane, t);
+  bad |= nan_or_pinf(v);
+  return v;
 }
 
 // ---- per-pixel statistics of the softmax ------------------------------------------------
 struct PixelStats {
   int label;      // argmax, lowest class on ties
+  bool bad;       // a NaN/+inf tap, or every class -inf (no softmax): the logits error
   float ent;      // -sum p ln(p + eps), unnormalised
   float p1, p2;   // largest and second largest probability
 };
@@ -82,8 +107,9 @@ __device__ __forceinline__ PixelStats pixel_stats(const T* __restrict__ img, int
   PixelStats s;
   if constexpr (CMAX > 0) {
     float v[CMAX];
+    bool bad = false;
 #pragma unroll
-    for (int c = 0; c < CMAX; ++c) v[c] = (c < C) ? tap_value(img + c * plane, tap) : 0.0f;
+    for (int c = 0; c < CMAX; ++c) v[c] = (c < C) ? tap_value(img + c * plane, tap, bad) : 0.0f;
     float m = v[0], m2 = -INFINITY;
     int lab = 0;
 #pragma unroll
@@ -94,6 +120,7 @@ __device__ __forceinline__ PixelStats pixel_stats(const T* __restrict__ img, int
       }
     }
     s.label = lab;
+    s.bad = bad || m == -INFINITY;
     if (!need_softmax) { s.ent = 0.f; s.p1 = s.p2 = 0.f; return s; }
     float sum = 0.f;
 #pragma unroll
@@ -110,14 +137,16 @@ __device__ __forceinline__ PixelStats pixel_stats(const T* __restrict__ img, int
     s.p1 = 1.0f / sum;  // exp(0) / sum, as softmax gives the argmax class
     s.p2 = expf(m2 - m) / sum;
   } else {
-    float m = tap_value(img, tap), m2 = -INFINITY;
+    bool bad = false;
+    float m = tap_value(img, tap, bad), m2 = -INFINITY;
     int lab = 0;
     for (int c = 1; c < C; ++c) {
-      const float x = tap_value(img + c * plane, tap);
+      const float x = tap_value(img + c * plane, tap, bad);
       if (x > m) { m2 = m; m = x; lab = c; }
       else if (x > m2) { m2 = x; }
     }
     s.label = lab;
+    s.bad = bad || m == -INFINITY;
     if (!need_softmax) { s.ent = 0.f; s.p1 = s.p2 = 0.f; return s; }
     float sum = 0.f;
     for (int c = 0; c < C; ++c) sum += expf(tap_value(img + c * plane, tap) - m);

@@ -61,10 +61,13 @@ struct SelectArgs {
 // One pass over output tiles: upsampling, softmax, entropy, label, window statistics
 // (heuristic kRipu, radius <= kMaxFusedRadius; other heuristics need radius 0). Optional
 // outputs: score / label maps (B, H, W), the pseudo-label histogram [C], and (sel != null)
-// the compaction of class-weighted, unblocked candidates beating the cut-off.
+// the compaction of class-weighted, unblocked candidates beating the cut-off. bad_flag
+// (required) is set to 1 when a logit tap read is NaN/+inf or a pixel has every class -inf
+// (-inf is a masked class: probability 0); the caller reads it once per batch.
 cudaError_t score_tiles(const LogitsView& lg, int heuristic, int radius, uint32_t seed_hash,
                         const int64_t* image_ids, float* out_scores, int64_t* out_labels,
-                        unsigned long long* class_counts, const SelectArgs* sel, cudaStream_t stream);
+                        unsigned long long* class_counts, const SelectArgs* sel, unsigned int* bad_flag,
+                        cudaStream_t stream);
 
 // Pseudo labels at n picks (slot b, pixel y*W+x): the same argmax the tile pass computed.
 cudaError_t labels_at(const LogitsView& lg, const int64_t* slots, const int64_t* pix, int64_t n,

@@ -67,24 +67,26 @@ SelectArgs select_args(uptr weights, uptr blocked, uptr whole, uptr image_ids, b
 
 void score_maps(uptr logits, int dtype, int64_t B, int64_t C, int64_t h, int64_t w, int64_t H, int64_t W,
                 int heuristic, int radius, uint32_t seed_hash, uptr image_ids, uptr out_scores, uptr out_labels,
-                uptr class_counts, uptr stream) {
+                uptr class_counts, uptr bad_flag, uptr stream) {
   const LogitsView lg = view(logits, dtype, B, C, h, w, H, W);
   run("score_maps", [&] {
     return score_tiles(lg, heuristic, radius, seed_hash, ptr<const int64_t>(image_ids), ptr<float>(out_scores),
-                       ptr<int64_t>(out_labels), ptr<unsigned long long>(class_counts), nullptr, stream_of(stream));
+                       ptr<int64_t>(out_labels), ptr<unsigned long long>(class_counts), nullptr,
+                       ptr<unsigned int>(bad_flag), stream_of(stream));
   });
 }
 
 void fused_candidates(uptr logits, int dtype, int64_t B, int64_t C, int64_t h, int64_t w, int64_t H, int64_t W,
                       int heuristic, int radius, uint32_t seed_hash, uptr image_ids, uptr class_counts,
                       uptr weights, uptr blocked, uptr whole, bool use_cutoff, float cut_score, int64_t cut_gidx,
-                      int pixbits, uptr keys, int64_t capacity, uptr count, uptr slot_counts, uptr stream) {
+                      int pixbits, uptr keys, int64_t capacity, uptr count, uptr slot_counts, uptr bad_flag,
+                      uptr stream) {
   const LogitsView lg = view(logits, dtype, B, C, h, w, H, W);
   const SelectArgs sel = select_args(weights, blocked, whole, image_ids, use_cutoff, cut_score, cut_gidx, pixbits,
                                      keys, capacity, count, slot_counts);
   run("fused_candidates", [&] {
     return score_tiles(lg, heuristic, radius, seed_hash, ptr<const int64_t>(image_ids), nullptr, nullptr,
-                       ptr<unsigned long long>(class_counts), &sel, stream_of(stream));
+                       ptr<unsigned long long>(class_counts), &sel, ptr<unsigned int>(bad_flag), stream_of(stream));
   });
 }
 
@@ -193,14 +195,14 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("score_maps", &score_maps, "Scores (B,H,W) float32 and labels (B,H,W) int64 from logits.",
         py::arg("logits"), py::arg("dtype"), py::arg("B"), py::arg("C"), py::arg("h"), py::arg("w"), py::arg("H"),
         py::arg("W"), py::arg("heuristic"), py::arg("radius"), py::arg("seed_hash"), py::arg("image_ids"),
-        py::arg("out_scores"), py::arg("out_labels"), py::arg("class_counts"), py::arg("stream"));
+        py::arg("out_scores"), py::arg("out_labels"), py::arg("class_counts"), py::arg("bad_flag"), py::arg("stream"));
   m.def("fused_candidates", &fused_candidates,
         "Fused pass: scores, class weights, blocking, cut-off, compaction of candidate keys.", py::arg("logits"),
         py::arg("dtype"), py::arg("B"), py::arg("C"), py::arg("h"), py::arg("w"), py::arg("H"), py::arg("W"),
         py::arg("heuristic"), py::arg("radius"), py::arg("seed_hash"), py::arg("image_ids"), py::arg("class_counts"),
         py::arg("weights"), py::arg("blocked"), py::arg("whole"), py::arg("use_cutoff"), py::arg("cut_score"),
         py::arg("cut_gidx"), py::arg("pixbits"), py::arg("keys"), py::arg("capacity"), py::arg("count"),
-        py::arg("slot_counts"), py::arg("stream"));
+        py::arg("slot_counts"), py::arg("bad_flag"), py::arg("stream"));
   m.def("map_candidates", &map_candidates, "Compaction of candidate keys from precomputed score maps.",
         py::arg("scores"), py::arg("labels"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("weights"),
         py::arg("blocked"), py::arg("whole"), py::arg("image_ids"), py::arg("use_cutoff"), py::arg("cut_score"),
