@@ -369,7 +369,7 @@ def _masked_logits(seed=0):
 def test_masked_classes_follow_the_reference(fake, strategy, radius):
     x = _masked_logits(radius)
     kw = dict(budget=0.3, rounds=3, strategy=strategy, radius=radius, out_size=(11, 13), image_ids=[4, 0, 9],
-              num_images=10)
+              num_images=10, subset=True)
     a = cbda.select(x, backend="cuda", **kw)
     r = cbda.select(x, backend="reference", **kw)
     assert torch.isfinite(r.scores).all()
