@@ -3,6 +3,8 @@
   cbda train --config demo --work-dir runs/demo [key=value ...] [--resume [CKPT]]
   cbda eval  --work-dir runs/demo [--checkpoint CKPT] [key=value ...]
   cbda report runs/ra runs/cbda [--out DIR] [--baseline ra]
+  cbda compare --work-dir runs/compare [--strategies ra,da,cbra,cbda] [--seeds 0,1,2]
+               [--budgets 0.05,0.1] [--resume] [key=value ...]
 """
 from __future__ import annotations
 
@@ -32,7 +34,38 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="folder for report.md and the PNG plots")
     r.add_argument("--baseline", help="run (folder name) the IoU gains are measured against")
     sub.add_parser("configs", help="list the shipped configs")
+    _add_compare(sub)
     return ap
+
+
+def _add_compare(sub) -> None:
+    c = sub.add_parser("compare", help="every strategy x budget x seed, plus the bounds: tables and plots")
+    c.add_argument("--config", default="compare", help="shipped config name or YAML path (default: compare)")
+    c.add_argument("--work-dir", required=True, help="new or empty folder for the runs and the results")
+    c.add_argument("--strategies", default="ra,da,cbra,cbda")
+    c.add_argument("--seeds", default="0,1,2")
+    c.add_argument("--budgets", default="0.05,0.1")
+    c.add_argument("--no-bounds", action="store_true", help="skip the source-only and supervised runs")
+    c.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2; the numbers depend on it)")
+    c.add_argument("--resume", action="store_true", help="continue a sweep, skipping finished runs")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.iters=100")
+
+
+def _compare(args) -> int:
+    from .compare import CompareError, sweep
+    from .config import ConfigError
+    from .data.base import DatasetNotFoundError
+    try:
+        s = sweep(args.config, args.strategies, args.seeds, args.budgets, args.work_dir,
+                  overrides=args.overrides, bounds=not args.no_bounds, threads=args.threads,
+                  resume=args.resume, progress=not args.no_progress)
+    except (CompareError, ConfigError, DatasetNotFoundError) as e:
+        print(f"cbda compare: error: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.work_dir) / "compare.md").read_text(), end="")
+    return 1 if s["unfinished"] else 0
 
 
 def _config(args, work_dir: Path, resuming: bool) -> dict:
@@ -52,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import available_configs
         print("\n".join(available_configs()))
         return 0
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "report":
         from .report import report
         print(report(args.runs, args.out, args.baseline))
