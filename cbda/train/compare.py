@@ -214,14 +214,15 @@ def _latest_own(run_dir: Path) -> Path | None:
 # ---------------------------------------------------------------- the sweep
 def sweep(config: str | Path, strategies, seeds, budgets, work_dir: str | Path,
           overrides: list[str] | tuple = (), bounds: bool = True, threads: int = 2,
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True, report_only: bool = False) -> dict:
     """Run the comparison and write compare.json, compare.md and the plots into work_dir.
 
     strategies: names from STRATEGIES; seeds: ints; budgets: shares in (0, 1]. Every
     (seed, strategy, budget) run and, with `bounds`, a source-only and a fully supervised run per
     seed, all with the config's iterations and model. torch runs with `threads` threads (the
-    numbers depend on it: the same seed and thread count give the same numbers). Returns the
-    compare.json object."""
+    numbers depend on it: the same seed and thread count give the same numbers). report_only:
+    train nothing, only render the results of the runs finished so far in an existing sweep
+    (safe while that sweep is still running). Returns the compare.json object."""
     from .compare_report import build_summary, write_outputs
     if isinstance(strategies, str):
         strategies = parse_strategies(strategies)
@@ -239,7 +240,7 @@ def sweep(config: str | Path, strategies, seeds, budgets, work_dir: str | Path,
     first = schedule[0]
     torch.set_num_threads(threads)
     # sweep.json holds the config as given (no paths inside the work dir: it can be moved)
-    _prepare_work_dir(work, base, threads, resume)
+    _prepare_work_dir(work, base, threads, resume or report_only)
     base = json.loads(json.dumps(base))
     gen = base["data"].get("generate")
     if gen:
@@ -257,21 +258,19 @@ def sweep(config: str | Path, strategies, seeds, budgets, work_dir: str | Path,
         if bounds:
             for kind in BOUNDS:
                 plan.append((seed, kind, None, None, work / f"seed{seed}" / kind))
-    todo = [p for p in plan if _finished(p[4]) is None]
+    todo = [p for p in plan if _finished(p[4]) is None] if not report_only else []
     trunk_seeds = {p[0] for p in todo if p[1] == "adapt" and _latest_own(p[4]) is None} if first > 0 else set()
     total = sum(iters - (first if p[1] == "adapt" else 0) for p in todo)
     total += sum(first for s in trunk_seeds if not _trunk_ready(work, s, first))
-    bar = _Bar(total, progress)
+    bar = _Bar(total, progress and bool(todo))
     try:
-        if gen:
+        if gen and todo:
             from .data.synthetic import ensure_generated
             bar.run("generating the dataset")
             ensure_generated(gen, base["data"]["source_root"], base["data"]["target_root"],
                              base["data"].get("source") or "gtav", log=lambda *_: None)
         trunks = {}
-        for seed, kind, strategy, budget, run_dir in plan:
-            if _finished(run_dir) is not None:
-                continue
+        for seed, kind, strategy, budget, run_dir in todo:
             cfg = json.loads(json.dumps(base))  # a deep copy per run
             cfg["seed"] = seed
             if kind != "adapt":

@@ -139,11 +139,11 @@ def render_markdown(s: dict) -> str:
     if s["unfinished"]:
         out += ["", f"**Unfinished runs** (resume with `--resume`): {', '.join(s['unfinished'])}"]
     out += ["", "## mIoU (Table 1 style)", "",
-            "| budget | strategy | mIoU | gain over RA | min IoU | min IoU gain | imbalance | s / run |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "| budget | strategy | seeds | mIoU | gain over RA | min IoU | min IoU gain | imbalance | s / run |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in s["summary"]:
         budget = f"{100 * r['budget']:g} %" if r["budget"] else "-"
-        out.append(f"| {budget} | {_label(r)} | {_pm(r['miou'], r['miou_std'])} | "
+        out.append(f"| {budget} | {_label(r)} | {len(r['seeds'])} | {_pm(r['miou'], r['miou_std'])} | "
                    f"{_pm(r.get('miou_gain'), r.get('miou_gain_std'), sign=True)} | "
                    f"{_pm(r['min_iou'], r['min_iou_std'])} | "
                    f"{_pm(r.get('min_iou_gain'), r.get('min_iou_gain_std'), sign=True)} | "

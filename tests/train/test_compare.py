@@ -60,7 +60,7 @@ def test_outputs(tiny_sweep):
     cbda_row = next(r for r in saved["summary"] if r["strategy"] == "cbda")
     assert cbda_row["miou_gain"] == pytest.approx(_run(saved, "adapt", "cbda")["miou"] - _run(saved, "adapt", "ra")["miou"])
     md = (work / "compare.md").read_text()
-    for text in ("| 10 % | cbda |", "| 10 % | ra |", "| - | source only |", "| - | fully supervised |",
+    for text in ("| 10 % | cbda | 1 |", "| 10 % | ra | 1 |", "| - | source only |", "| - | fully supervised |",
                  "round 5", "Machine:", "fully supervised"):
         assert text in md, text
     for png in ("imbalance.png", "iou_gain.png", "class_distribution.png"):
@@ -104,6 +104,12 @@ def test_resume_skips_finished_runs_and_redoes_the_rest(tiny_sweep, tmp_path):
     (work / "seed0" / "cbda_0.1" / "metrics.json").unlink()
     shutil.rmtree(work / "seed0" / "cbda_0.1" / "checkpoints")
     kept = {p: p.stat().st_mtime_ns for p in work.glob("seed0/*/metrics.json")}
+    # --report-only renders what finished and names what did not, training nothing
+    assert main(["compare", "--work-dir", str(work), "--strategies", "ra,cbda", "--seeds", "0",
+                 "--budgets", "0.1", "--threads", "1", "--report-only", *TINY]) == 0
+    partial = json.loads((work / "compare.json").read_text())
+    assert partial["unfinished"] == ["seed0/cbda_0.1"] and not (work / "seed0" / "cbda_0.1" / "metrics.json").exists()
+    assert "**Unfinished runs**" in (work / "compare.md").read_text()
     s = sweep("compare", "ra,cbda", "0", "0.1", work, overrides=TINY, threads=1, resume=True, progress=False)
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # nothing finished was redone
     a, b = _run(s0, "adapt", "cbda"), _run(s, "adapt", "cbda")
@@ -181,4 +187,4 @@ def test_summary_statistics_are_paired_over_seeds():
     assert s["not_learned_when_supervised"] == {"pole": [0]}
     assert s["classes_by_frequency"] == ["road", "pole"]
     md = render_markdown(s)
-    assert "| 10 % | cbda | 47.0 ± 8.5 | +2.0 ± 1.4 |" in md and "pole (0)" in md
+    assert "| 10 % | cbda | 2 | 47.0 ± 8.5 | +2.0 ± 1.4 |" in md and "pole (0)" in md
