@@ -99,7 +99,9 @@ def build_summary(records: list[dict], cfg: dict, machine: dict, sweep: dict, tr
     sup = [r for r in done if r["kind"] == "supervised"]
     not_learned = {}
     for c in classes:
-        low = [r["seed"] for r in sup if ((r["per_class_iou"] or {}).get(c) or 0.0) < NOT_LEARNED_IOU]
+        # None: absent from the val split and never predicted, so not evidence either way
+        low = [r["seed"] for r in sup if (r["per_class_iou"] or {}).get(c) is not None
+               and r["per_class_iou"][c] < NOT_LEARNED_IOU]
         if low:
             not_learned[c] = low
     return {"version": 1, "machine": machine, "seconds": seconds, "sweep": sweep, "config": cfg,
