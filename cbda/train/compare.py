@@ -149,6 +149,9 @@ def machine_info() -> dict:
         pass
     info = {"cpu": model, "cpus": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version()}
+    with contextlib.suppress(OSError, AttributeError):
+        # other work on the machine inflates the seconds: record how busy it was
+        info["loadavg"] = round(os.getloadavg()[0], 2)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

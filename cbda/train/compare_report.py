@@ -104,7 +104,9 @@ def build_summary(records: list[dict], cfg: dict, machine: dict, sweep: dict, tr
                and r["per_class_iou"][c] < NOT_LEARNED_IOU]
         if low:
             not_learned[c] = low
-    return {"version": 1, "machine": machine, "seconds": seconds, "sweep": sweep, "config": cfg,
+    run_seconds = sum(r["seconds"] or 0 for r in done) + sum(t["seconds"] or 0 for t in trunks.values())
+    return {"version": 1, "machine": machine, "seconds": seconds, "run_seconds": round(run_seconds, 1),
+            "sweep": sweep, "config": cfg,
             "classes": classes, "classes_by_frequency": by_freq, "goal": _goal(cfg, len(classes) or 1),
             "trunks": trunks, "runs": runs, "summary": rows,
             "not_learned_when_supervised": not_learned,
@@ -129,7 +131,9 @@ def render_markdown(s: dict) -> str:
     cfg = s["config"]
     out = [f"# Strategy comparison ({sw['config']})", ""]
     out.append(f"Machine: {mc['cpu']}, {mc['cpus']} CPUs; torch {mc['torch']}, {sw['threads']} threads"
-               + (f"; GPU {mc['gpu']}" if mc.get("gpu") else "") + f". Sweep time: {s['seconds']:.0f} s.")
+               + (f"; GPU {mc['gpu']}" if mc.get("gpu") else "") + f". Training time: {s['run_seconds']:.0f} s (sum over the finished runs and trunks"
+               + (f"; load average {mc['loadavg']:.1f} at the end" if mc.get("loadavg") is not None else "")
+               + ").")
     data, tr, act, model = cfg["data"], cfg["train"], cfg["active"], cfg["model"]
     gen = data.get("generate") or {}
     out.append(f"Setup: {model.get('backbone')} width {model.get('width')}, images "

@@ -186,5 +186,6 @@ def test_summary_statistics_are_paired_over_seeds():
     assert row["labelled_share"]["pole"] == pytest.approx((20 / 110 + 20 / 110) / 2)
     assert s["not_learned_when_supervised"] == {"pole": [0]}
     assert s["classes_by_frequency"] == ["road", "pole"]
+    assert s["run_seconds"] == 6.0  # the six runs' seconds: what the sweep cost, over resumptions
     md = render_markdown(s)
     assert "| 10 % | cbda | 2 | 47.0 ± 8.5 | +2.0 ± 1.4 |" in md and "pole (0)" in md
