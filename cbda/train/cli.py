@@ -7,6 +7,8 @@
   cbda report runs/ra runs/cbda [--out DIR] [--baseline ra]
   cbda export --work-dir runs/demo [--round N] --format labelstudio|cvat|png|json|preview [...]
   cbda import --work-dir runs/demo FILE [--round N] [--replace]
+  cbda compare --work-dir runs/compare [--strategies ra,da,cbra,cbda] [--seeds 0,1,2]
+               [--budgets 0.05,0.1] [--resume] [key=value ...]
 
 A user's mistake (a bad config, key, value or path, a missing dataset or checkpoint, a folder
 cbda may not write into) is one line on stderr and exit status 2, never a traceback.
@@ -17,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "eval", "report", "configs", "export", "import")
+COMMANDS = ("train", "eval", "report", "configs", "export", "import", "compare")
 
 
 class UsageError(Exception):
@@ -55,6 +57,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     c = _Parser(prog="cbda configs", description="list the shipped configs")
     parsers = {"train": t, "eval": e, "report": r, "configs": c}
     parsers.update(_annotation_parsers())
+    parsers["compare"] = _compare_parser()
     return parsers
 
 
@@ -109,6 +112,33 @@ def _import(args) -> None:
     print(f"recorded; continue with: cbda train --work-dir {work} --resume")
 
 
+def _compare_parser() -> argparse.ArgumentParser:
+    c = _Parser(prog="cbda compare", description="every strategy x budget x seed, plus the bounds: tables and plots")
+    c.add_argument("--config", default="compare", help="shipped config name or YAML path (default: compare)")
+    c.add_argument("--work-dir", required=True, help="new or empty folder for the runs and the results")
+    c.add_argument("--strategies", default="ra,da,cbra,cbda")
+    c.add_argument("--seeds", default="0,1,2")
+    c.add_argument("--budgets", default="0.05,0.1")
+    c.add_argument("--no-bounds", action="store_true", help="skip the source-only and supervised runs")
+    c.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2; the numbers depend on it)")
+    c.add_argument("--resume", action="store_true", help="continue a sweep, skipping finished runs")
+    c.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the results of the runs finished so far")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.iters=100")
+    return c
+
+
+def _compare(args) -> int:
+    from .compare import sweep
+    sweep(args.config, args.strategies, args.seeds, args.budgets, args.work_dir,
+          overrides=args.overrides, bounds=not args.no_bounds, threads=args.threads,
+          resume=args.resume, progress=not args.no_progress, report_only=args.report_only)
+    print((Path(args.work_dir) / "compare.md").read_text(), end="")
+    return 0
+
+
 def _config(args, work_dir: Path, resuming: bool) -> dict:
     from .config import load_config
     from .errors import ConfigError
@@ -128,6 +158,8 @@ def _run(command: str, args) -> int:
         from .config import available_configs
         print("\n".join(available_configs()))
         return 0
+    if command == "compare":
+        return _compare(args)
     if command == "report":
         from .report import report
         print(report(args.runs, args.out, args.baseline))

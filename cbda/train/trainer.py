@@ -482,9 +482,16 @@ class Trainer:
                  f"{100 * (entry['labelled_fraction'] or 0):.2f}% of target pixels")
 
     # ---------------------------------------------------------------- loop
-    def run(self) -> dict:
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train to `train.iters` (acquiring at the scheduled rounds), evaluate, write
+        metrics.json; returns the metrics. stop_at: end at this iteration instead (checkpointed
+        and evaluated there), as if train.iters were stop_at but with the config unchanged;
+        `cbda compare` uses it for the training every strategy shares before round 1."""
         cfg, tr, active = self.cfg, self.cfg["train"], self.cfg["active"]
         iters = int(tr["iters"])
+        horizon = int(tr.get("poly_iters") or iters)   # the LR schedule ignores stop_at
+        if stop_at is not None:
+            iters = min(iters, int(stop_at))
         # the schema has checked it: one iteration per round, increasing, before train.iters
         schedule = [int(s) for s in active["schedule"]] if self.mode == "adapt" else []
         if self.human_labels:  # validates active.labels (and the export settings) before any work
@@ -498,7 +505,6 @@ class Trainer:
         tgt_iter = None
         if self.mode != "source_only":
             tgt_iter = self._loader(self.tgt_train, self.tgt_stream, int(tr["batch_target"]))
-        horizon = int(tr.get("poly_iters", iters))
         every, log_every = int(tr.get("checkpoint_every", 0)), int(tr.get("log_every", 50))
         eval_every = int(cfg.get("eval", {}).get("every", 0) or 0)
         bar = None
