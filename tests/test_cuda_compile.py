@@ -11,28 +11,18 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cbda.compile_report import ARCHS, compile_cuda_source
+from cbda.compile_report import ARCHS, compile_cuda_source, find_nvcc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 
 
-def _nvcc() -> str | None:
-    if os.environ.get("NVCC"):
-        return shutil.which(os.environ["NVCC"])
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return os.path.join(home, "bin", "nvcc")
-    return shutil.which("nvcc")
-
-
-NVCC = _nvcc()
+NVCC = find_nvcc()
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 
 
