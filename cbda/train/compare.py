@@ -115,8 +115,7 @@ def _prepare_work_dir(work: Path, cfg: dict, threads: int, resume: bool) -> None
         if saved.get("threads") != threads:
             raise CompareError(f"--resume: the sweep in {work} ran with --threads {saved.get('threads')}, "
                                f"got {threads} (thread count changes the numbers)")
-        if json.dumps(saved.get("config"), sort_keys=True) != json.dumps(
-                json.loads(json.dumps(cfg)), sort_keys=True):
+        if not _same_config(saved.get("config"), cfg):
             raise CompareError(f"--resume: the config differs from the one in {marker}; "
                                f"use the same --config and overrides, or another --work-dir")
         return
@@ -127,6 +126,19 @@ def _prepare_work_dir(work: Path, cfg: dict, threads: int, resume: bool) -> None
                            f"writes into a new or empty folder")
     work.mkdir(parents=True, exist_ok=True)
     write_json(marker, record)
+
+
+def _same_config(saved, cfg: dict) -> bool:
+    """Whether the config saved in sweep.json is the one given now. The saved one is checked
+    with today's schema first, so keys the schema has gained since (with their defaults) do not
+    make an unchanged sweep look different."""
+    from .schema import validate
+    try:
+        saved = validate(saved)
+    except ConfigError:
+        return False
+    canon = lambda c: json.dumps(json.loads(json.dumps(c)), sort_keys=True)  # noqa: E731 (lists vs tuples)
+    return canon(saved) == canon(cfg)
 
 
 def _finished(run_dir: Path) -> dict | None:

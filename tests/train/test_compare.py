@@ -190,3 +190,15 @@ def test_summary_statistics_are_paired_over_seeds():
     assert s["run_seconds"] == 6.0  # the six runs' seconds: what the sweep cost, over resumptions
     md = render_markdown(s)
     assert "| 10 % | cbda | 2 | 47.0 ± 8.5 | +2.0 ± 1.4 |" in md and "pole (0)" in md
+
+
+def test_resume_survives_keys_the_schema_gained():
+    # a sweep.json written before the schema knew a key (here: active.labels) is the same config
+    from cbda.train.compare import _same_config
+    cfg = load_config("compare", list(TINY))
+    older = json.loads(json.dumps(cfg))
+    del older["active"]["labels"]
+    assert _same_config(older, cfg)
+    older["train"]["iters"] = cfg["train"]["iters"] + 1
+    assert not _same_config(older, cfg)
+    assert not _same_config({"train": {"iters": "x"}}, cfg)
