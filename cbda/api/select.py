@@ -196,6 +196,13 @@ class AcquisitionRound:
             raise InputError(f"{name}: expected spatial size {tuple(self._image_size)}{extra}, got {tuple(size)}")
 
     @property
+    def counters(self):
+        """The backend's ``cbda.backends.base.RoundCounters`` of this round (batches, pixels
+        scored, candidates, candidates through the greedy and the bound on them, host reads),
+        or None when the backend does not count or no batch was added."""
+        return getattr(self._acc, "counters", None)
+
+    @property
     def class_balanced(self) -> bool:
         return STRATEGIES[self.strategy][1]
 

@@ -8,8 +8,8 @@ import torch
 
 from ..scores import ScoreSpec
 
-__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "STRATEGIES", "REGION_STRATEGIES", "image_picks", "max_picks_per_image",
-           "exact_means"]
+__all__ = ["RoundPlan", "Picks", "RoundAccumulator", "RoundCounters", "STRATEGIES", "REGION_STRATEGIES", "image_picks",
+           "max_picks_per_image", "exact_means", "greedy_bound"]
 
 #: strategy -> (selection scope, class balanced)
 STRATEGIES = {
@@ -135,6 +135,46 @@ def image_picks(ids: list[torch.Tensor], means: list[torch.Tensor], whole: list[
     return Picks(chosen, m1, m1.clone(), sc, m1.clone(), predicted_counts)
 
 
+def greedy_bound(picks: int, radius: int) -> int:
+    """How many of the best candidates (by the full order key) can hold the first ``picks``
+    greedy picks: ``picks·(4r+1)²``.
+
+    A pick blocks at most the (4r+1)² centres within Chebyshev distance 2r of it (itself
+    included), so every candidate better than the k-th pick is one of the k picks or blocked
+    by one of them. Per image (``ra``/``cbra``, quota q) only the best q·(4r+1)² candidates of
+    the image can be picked; over the set (``da``/``cbda``) only the best K·(4r+1)² of all
+    candidates (docs/semantics.md, "Pruning").
+    """
+    return int(picks) * (4 * int(radius) + 1) ** 2
+
+
+@dataclass
+class RoundCounters:
+    """What one round did, for tests and benchmarks (host integers, filled in by the
+    backend as it goes; device-side counts are read once, in ``finish``).
+
+    Attributes:
+        batches: ``add`` calls.
+        scored: pixels scored.
+        candidates: candidates the scoring pass appended (unblocked, beating the cut-off).
+        greedy_in: candidates that entered the greedy (after pruning to the bound).
+        greedy_bound: the sum over batches of what the bound allows into the greedy.
+        host_reads: deliberate device-to-host reads made by the backend (``host_read``).
+    """
+
+    batches: int = 0
+    scored: int = 0
+    candidates: int = 0
+    greedy_in: int = 0
+    greedy_bound: int = 0
+    host_reads: int = 0
+
+    def host_read(self, t: torch.Tensor) -> list:
+        """The one way a backend reads device values on the host: counted, then ``tolist``."""
+        self.host_reads += 1
+        return t.tolist()
+
+
 class RoundAccumulator:
     """Consumes the batches of one round and returns its picks.
 
@@ -143,6 +183,9 @@ class RoundAccumulator:
     (``cbda.state.PriorPicks``); then either ``logits`` (B, C, h, w) or ``scores`` (B, H, W)
     float32 with ``labels`` (B, H, W) int64 (labels may be None when no class weights apply).
     """
+
+    #: filled in by backends that count (the fused GPU backends); None elsewhere
+    counters: RoundCounters | None = None
 
     def add(self, image_ids, prior, logits=None, scores=None, labels=None) -> None:  # pragma: no cover - interface
         raise NotImplementedError
