@@ -206,6 +206,16 @@ __device__ __forceinline__ bool beats(float score, int64_t gidx, const Cutoff& c
   return score > cut.score || (score == cut.score && gidx < cut.gidx);
 }
 
+// The cut-off of a select pass, read once per thread: device scalars that the selection
+// kernels raise between batches; no pointers = no cut-off.
+__device__ __forceinline__ Cutoff load_cutoff(const SelectArgs& s) {
+  Cutoff c;
+  c.active = s.cut_score != nullptr;
+  c.score = c.active ? *s.cut_score : 0.0f;
+  c.gidx = c.active ? *s.cut_gidx : 0;
+  return c;
+}
+
 __device__ __forceinline__ unsigned lanemask_lt() {
   unsigned m;
   asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
