@@ -1,8 +1,9 @@
 """The ``cuda`` backend: CUDA C++ kernels (cbda._cuda) on CUDA tensors.
 
 Per batch of a round, with every buffer allocated here by torch (so the caching allocator
-and ``torch.cuda.max_memory_allocated`` see all of it) and every kernel enqueued on torch's
-current stream:
+and ``torch.cuda.max_memory_allocated`` see all of it; the large ones are reused across
+batches and grow only to host-known sizes) and every kernel enqueued on torch's current
+stream:
 
 1. ``mark_prior``: a byte map of centres blocked by earlier rounds (PriorPicks CSR).
 2. ``fused_candidates``: one pass over the label grid reading the low-res logits once —
@@ -11,14 +12,28 @@ current stream:
    ``[slot | ~score bits | y·W+x]``; plus the pseudo-label histogram. ``ripu_pixel`` and
    ``ripu`` with r > 2 instead write score maps through separable window passes and compact
    from the maps (``map_candidates``), as do precomputed scores.
-3. ``sort_keys`` (CUB radix sort) groups candidates by image, best first; ``greedy`` (one
-   warp per image) runs the exact per-image greedy with blocking over them.
-4. ``da``/``cbda``: the per-image sequences go to a buffer that is cut back to exactly K
-   (``pick_order``: two stable radix sorts) whenever it passes 2K; the K-th key becomes the
-   cut-off the fused pass tests, so later batches append only what can still enter the
-   top K. Exact in one pass, memory O(K + one batch).
+3. The one host read of the batch: the candidate count and the non-finite flag of every
+   launch chunk, together (``RoundCounters.host_read``). Nothing else is read before
+   ``finish``: sizes are bounds known on the host, counts stay in device words.
+4. ``prune_candidates`` (docs/semantics.md, "Pruning"): a pick blocks at most (4r+1)² centres,
+   so only the best q·(4r+1)² candidates of an image (``ra``/``cbra``) or the best
+   M = K·(4r+1)² of the batch (``da``/``cbda``) can be picked. A radix select on the device
+   finds that threshold key and keeps the candidates at or before it (skipped when the batch
+   has no more than the limit); over a batch, the M-th candidate also becomes a cut-off for
+   later batches.
+5. ``sort_keys`` (CUB radix sort) groups what was kept by image, best first (padding keys sort
+   last); ``greedy`` (one warp per image) runs the exact per-image greedy with blocking. The
+   picks are appended to a device buffer at positions from a prefix sum (no boolean mask,
+   whose size would have to be read back).
+6. ``da``/``cbda``: when the buffer's host-known bound passes 2K, ``trim_picks`` keeps its best
+   K by the same radix select and raises the cut-off to the K-th pick. The cut-off lives in
+   two device scalars that the fused pass loads, so later batches append only what can still
+   enter the top K. Exact in one pass, memory O(K + one batch).
 
-Nothing here touches the GPU at import time; the module is loaded on first use.
+``finish`` reads the pick count, the histogram and the counters once, orders the picks
+(``pick_order``: two stable radix sorts) and copies them to the host. ``CudaRound.counters``
+counts batches, pixels scored, candidates, candidates through the greedy and its bound, and
+host reads. Nothing here touches the GPU at import time; the module is loaded on first use.
 """
 
 from __future__ import annotations
@@ -319,7 +334,6 @@ class _PickBuffer:
         self.bound += bound
 
 
-_FIELDS = ("image_ids", "pix", "scores", "classes")
 _INT64_MAX = 2**63 - 1
 
 
