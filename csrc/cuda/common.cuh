@@ -187,9 +187,15 @@ __host__ __device__ __forceinline__ uint32_t order_bits(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ __forceinline__ float from_order_bits(uint32_t u) {
+__host__ __device__ __forceinline__ float from_order_bits(uint32_t u) {
   const uint32_t b = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
+#ifdef __CUDA_ARCH__
   return __uint_as_float(b);
+#else
+  float f;
+  __builtin_memcpy(&f, &b, 4);
+  return f;
+#endif
 }
 
 // Candidate key of one batch call, sorted ascending:
