@@ -127,8 +127,16 @@ def _on(device: torch.device):
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``: a host-to-device copy, or ``t`` itself when it is there already."""
-    return t if t.device == device else t.to(device)
+    """``t`` on ``device`` without making the host wait, or ``t`` itself when it is there.
+
+    A plain ``.to("cuda")`` from pageable memory synchronises the stream (the host would wait
+    for every kernel queued so far); a CPU tensor therefore goes through pinned memory and an
+    asynchronous copy (torch's pinned allocator keeps the staging block until the copy ran)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _mix32(h: int) -> int:
@@ -461,9 +469,9 @@ class CudaRound(RoundAccumulator):
         #    the CSR offsets are absolute, so the batch's PriorPicks is used as it is)
         mask = ws.get("mask", b * hw, torch.uint8).zero_()
         if prior.num_picks:
-            pd = prior.to(dev)
-            mod.mark_prior(_ptr(pd.offsets), _ptr(pd.ys), _ptr(pd.xs), _ptr(pd.radii), b, h, w, plan.radius,
-                           _ptr(mask), stream)
+            csr = [_to_device(t.to(torch.int64).contiguous(), dev) for t in (prior.offsets, prior.ys, prior.xs,
+                                                                             prior.radii)]
+            mod.mark_prior(*(_ptr(t) for t in csr), b, h, w, plan.radius, _ptr(mask), stream)
         whole = _to_device(prior.whole_image.to(torch.uint8), dev)
         # 2. candidates of every chunk, appended to the chunk's own region of `keys`
         keys = ws.get("keys", b * hw, torch.int64)
