@@ -3,10 +3,14 @@
 A stand-in for cbda._cuda with the same entry points works on CPU memory through the same
 raw pointers, with each kernel's contract written plainly in torch (scores from the
 reference, the candidate key layout, an arbitrary append order, a radix sort by the low
-``end_bit`` bits, the sequential greedy scan). It checks what runs around the kernels —
-buffers, chunking of large batches, CSR slicing of prior picks, the sort bit widths, key
-decoding, the top-K trim and cut-off, ordering — so that a GPU session only has the kernels
-left to validate. The real kernels are tested in test_cuda_backend.py.
+``end_bit`` bits, the sequential greedy scan, and the pruning selects as sorts: the best
+``limit`` per slot or per batch, the best K picks, the cut-off raised to the limit-th). It
+checks what runs around the kernels — buffers, chunking of large batches, prior picks, the
+sort bit widths and padding, key decoding, pruning to the bound, the top-K trim and both
+cut-offs, picks appended without a boolean mask, ordering, the counters and the one host read
+per batch (tests/sync_probe.py) — so that a GPU session only has the kernels left to
+validate. The real kernels are tested in test_cuda_backend.py; the radix select's steps also
+run on the CPU in test_cuda_select_host.py.
 """
 
 from __future__ import annotations
