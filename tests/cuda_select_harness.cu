@@ -129,7 +129,8 @@ int main() {
     }
   } else {
     const PickSource src{scores.data(), gidx.data(), &n};
-    const std::vector<long long> work = run(src, 1, reinterpret_cast<const unsigned long long*>(&n), n, limit, 96, &gmax);
+    const std::vector<long long> work =
+        run(src, 1, reinterpret_cast<const unsigned long long*>(&n), n, limit, 96, &gmax);
     for (int64_t i = 0; i < n; ++i) {  // keep_picks_kernel
       bool threshold = false;
       const bool take = keep_entry(src, i, states(work.data()), threshold);

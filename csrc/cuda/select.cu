@@ -213,8 +213,8 @@ cudaError_t prune_candidates(const uint64_t* keys, int64_t n, int64_t B, int pix
     const BatchSource src{keys, n, pixbits, slotbits, slot_rank};
     if ((err = run_select(src, n, 1, nullptr, limit, 32 + slotbits + pixbits, nullptr, work, stream)) != cudaSuccess)
       return err;
-    keep_keys_kernel<BatchSource><<<grid_for(n), kThreads, 0, stream>>>(src, work, pixbits, image_ids, hw, out_keys,
-                                                                        out_count, out_slot_counts, cut_score, cut_gidx);
+    keep_keys_kernel<BatchSource><<<grid_for(n), kThreads, 0, stream>>>(
+        src, work, pixbits, image_ids, hw, out_keys, out_count, out_slot_counts, cut_score, cut_gidx);
   }
   return cudaGetLastError();
 }
