@@ -187,9 +187,15 @@ __host__ __device__ __forceinline__ uint32_t order_bits(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ __forceinline__ float from_order_bits(uint32_t u) {
+__host__ __device__ __forceinline__ float from_order_bits(uint32_t u) {
   const uint32_t b = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
+#ifdef __CUDA_ARCH__
   return __uint_as_float(b);
+#else
+  float f;
+  __builtin_memcpy(&f, &b, 4);
+  return f;
+#endif
 }
 
 // Candidate key of one batch call, sorted ascending:
@@ -204,6 +210,16 @@ __device__ __forceinline__ uint64_t candidate_key(int64_t slot, float score, int
 __device__ __forceinline__ bool beats(float score, int64_t gidx, const Cutoff& cut) {
   if (!cut.active) return true;
   return score > cut.score || (score == cut.score && gidx < cut.gidx);
+}
+
+// The cut-off of a select pass, read once per thread: device scalars that the selection
+// kernels raise between batches; no pointers = no cut-off.
+__device__ __forceinline__ Cutoff load_cutoff(const SelectArgs& s) {
+  Cutoff c;
+  c.active = s.cut_score != nullptr;
+  c.score = c.active ? *s.cut_score : 0.0f;
+  c.gidx = c.active ? *s.cut_gidx : 0;
+  return c;
 }
 
 __device__ __forceinline__ unsigned lanemask_lt() {

@@ -47,10 +47,11 @@ __global__ void compact_scores_kernel(const float* scores, const int64_t* labels
   const int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   bool take = false;
   uint64_t key = 0;
+  const Cutoff cut = load_cutoff(s);
   if (pix < n && s.whole[b] == 0 && s.blocked[b * n + pix] == 0) {
     float v = scores[b * n + pix];
     if (s.weights != nullptr) v = v * s.weights[labels != nullptr ? labels[b * n + pix] : 0];
-    if (beats(v, s.image_ids[b] * n + pix, s.cutoff)) {
+    if (beats(v, s.image_ids[b] * n + pix, cut)) {
       take = true;
       key = candidate_key(b, v, pix, s.pixbits);
     }

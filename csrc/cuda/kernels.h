@@ -29,7 +29,8 @@ enum Heuristic : int {
 constexpr int kMaxFusedRadius = 2;
 constexpr int64_t kMaxClasses = 65534;  // labels live in uint16 shared tiles, 0xFFFF = outside
 
-// Candidates must come before (score, gidx) in the order (score desc, gidx asc).
+// Candidates must come before (score, gidx) in the order (score desc, gidx asc); what a kernel
+// holds after load_cutoff (common.cuh).
 struct Cutoff {
   bool active;
   float score;
@@ -49,7 +50,10 @@ struct SelectArgs {
   const uint8_t* blocked;    // [B*H*W] 1 = centre blocked by an earlier round
   const uint8_t* whole;      // [B] 1 = image labelled whole already
   const int64_t* image_ids;  // [B] global ids (for the global index of the cut-off test)
-  Cutoff cutoff;
+  // The cut-off as device scalars, raised between batches by prune_candidates / trim_picks
+  // (so the host never reads it); both nullptr = no cut-off.
+  const float* cut_score;
+  const int64_t* cut_gidx;
   int pixbits;               // bits of y*W+x in the key; 32 + pixbits + slot bits <= 64
   uint64_t* keys;            // [capacity] candidate keys (common.cuh: candidate_key)
   int64_t capacity;
@@ -105,6 +109,31 @@ cudaError_t greedy(const uint64_t* sorted_keys, const unsigned long long* slot_c
                    int64_t H, int64_t W, int64_t radius, int pixbits, uint8_t* mask,
                    int64_t quota, int64_t* out_pix, float* out_score, int64_t* out_count,
                    cudaStream_t stream);
+
+// ---- select.cu ----------------------------------------------------------------------------
+// Exact pruning by radix select (no sort, no host read). `work` holds select_work_words(nseg)
+// int64 words (nseg = B per slot, else 1); its contents are internal.
+int64_t select_work_words(int64_t nseg);
+// Keeps, of the n candidate keys of a batch call, the best `limit` of every slot (per_slot,
+// counts in slot_counts) or of the whole batch (order score desc, image id asc, pix asc:
+// slot_rank[b] = rank of image_ids[b] among the batch's ids), all when there are no more.
+// Kept keys are appended to out_keys in any order (out_count and out_slot_counts [B] must be
+// zeroed before; out_keys must hold min(n, limit·segments)). Over the batch, the limit-th
+// candidate (when n > limit) raises the cut-off (cut_score, cut_gidx; nullptr = none) to
+// itself if that is stricter.
+cudaError_t prune_candidates(const uint64_t* keys, int64_t n, int64_t B, int pixbits, bool per_slot, int64_t limit,
+                             const unsigned long long* slot_counts, const int64_t* slot_rank,
+                             const int64_t* image_ids, int64_t hw, long long* work, uint64_t* out_keys,
+                             unsigned long long* out_count, unsigned long long* out_slot_counts, float* cut_score,
+                             int64_t* cut_gidx, cudaStream_t stream);
+// Keeps the best `limit` of the *count picks (score, gidx, class; count a device word <= bound,
+// gmax a device word >= every gidx) in the order (score desc, gidx asc), all when there are
+// no more: appended to out_* in any order (out_count zeroed before, out_* hold `limit`). When
+// *count > limit the limit-th pick raises the cut-off (nullptr = none).
+cudaError_t trim_picks(const float* scores, const int64_t* gidx, const int64_t* classes, const int64_t* count,
+                       int64_t bound, const int64_t* gmax, int64_t limit, long long* work, float* out_scores,
+                       int64_t* out_gidx, int64_t* out_classes, unsigned long long* out_count, float* cut_score,
+                       int64_t* cut_gidx, cudaStream_t stream);
 
 // ---- topk.cu ------------------------------------------------------------------------------
 // Permutation ordering n picks by (score desc, gidx asc), -0.0 == +0.0: two stable radix

@@ -49,14 +49,17 @@ LogitsView view(uptr data, int dtype, int64_t B, int64_t C, int64_t h, int64_t w
   return LogitsView{ptr<const void>(data), dtype, B, C, h, w, H, W};
 }
 
-SelectArgs select_args(uptr weights, uptr blocked, uptr whole, uptr image_ids, bool use_cutoff, float cut_score,
-                       int64_t cut_gidx, int pixbits, uptr keys, int64_t capacity, uptr count, uptr slot_counts) {
+SelectArgs select_args(uptr weights, uptr blocked, uptr whole, uptr image_ids, uptr cut_score, uptr cut_gidx,
+                       int pixbits, uptr keys, int64_t capacity, uptr count, uptr slot_counts) {
   SelectArgs s{};
   s.weights = ptr<const float>(weights);
   s.blocked = ptr<const uint8_t>(blocked);
   s.whole = ptr<const uint8_t>(whole);
   s.image_ids = ptr<const int64_t>(image_ids);
-  s.cutoff = Cutoff{use_cutoff, cut_score, cut_gidx};
+  s.cut_score = ptr<const float>(cut_score);
+  s.cut_gidx = ptr<const int64_t>(cut_gidx);
+  if ((s.cut_score == nullptr) != (s.cut_gidx == nullptr))
+    throw std::invalid_argument("cbda._cuda: cut_score and cut_gidx must both be set or both be 0");
   s.pixbits = pixbits;
   s.keys = ptr<uint64_t>(keys);
   s.capacity = capacity;
@@ -78,12 +81,11 @@ void score_maps(uptr logits, int dtype, int64_t B, int64_t C, int64_t h, int64_t
 
 void fused_candidates(uptr logits, int dtype, int64_t B, int64_t C, int64_t h, int64_t w, int64_t H, int64_t W,
                       int heuristic, int radius, uint32_t seed_hash, uptr image_ids, uptr class_counts,
-                      uptr weights, uptr blocked, uptr whole, bool use_cutoff, float cut_score, int64_t cut_gidx,
-                      int pixbits, uptr keys, int64_t capacity, uptr count, uptr slot_counts, uptr bad_flag,
-                      uptr stream) {
+                      uptr weights, uptr blocked, uptr whole, uptr cut_score, uptr cut_gidx, int pixbits, uptr keys,
+                      int64_t capacity, uptr count, uptr slot_counts, uptr bad_flag, uptr stream) {
   const LogitsView lg = view(logits, dtype, B, C, h, w, H, W);
-  const SelectArgs sel = select_args(weights, blocked, whole, image_ids, use_cutoff, cut_score, cut_gidx, pixbits,
-                                     keys, capacity, count, slot_counts);
+  const SelectArgs sel =
+      select_args(weights, blocked, whole, image_ids, cut_score, cut_gidx, pixbits, keys, capacity, count, slot_counts);
   run("fused_candidates", [&] {
     return score_tiles(lg, heuristic, radius, seed_hash, ptr<const int64_t>(image_ids), nullptr, nullptr,
                        ptr<unsigned long long>(class_counts), &sel, ptr<unsigned int>(bad_flag), stream_of(stream));
@@ -91,10 +93,10 @@ void fused_candidates(uptr logits, int dtype, int64_t B, int64_t C, int64_t h, i
 }
 
 void map_candidates(uptr scores, uptr labels, int64_t B, int64_t H, int64_t W, uptr weights, uptr blocked,
-                    uptr whole, uptr image_ids, bool use_cutoff, float cut_score, int64_t cut_gidx, int pixbits,
-                    uptr keys, int64_t capacity, uptr count, uptr slot_counts, uptr stream) {
-  const SelectArgs sel = select_args(weights, blocked, whole, image_ids, use_cutoff, cut_score, cut_gidx, pixbits,
-                                     keys, capacity, count, slot_counts);
+                    uptr whole, uptr image_ids, uptr cut_score, uptr cut_gidx, int pixbits, uptr keys,
+                    int64_t capacity, uptr count, uptr slot_counts, uptr stream) {
+  const SelectArgs sel =
+      select_args(weights, blocked, whole, image_ids, cut_score, cut_gidx, pixbits, keys, capacity, count, slot_counts);
   run("map_candidates", [&] {
     return compact_scores(ptr<const float>(scores), ptr<const int64_t>(labels), B, H, W, sel, stream_of(stream));
   });
@@ -156,6 +158,30 @@ void greedy_picks(uptr sorted_keys, uptr slot_counts, int64_t B, int64_t H, int6
   });
 }
 
+void prune(uptr keys, int64_t n, int64_t B, int pixbits, bool per_slot, int64_t limit, uptr slot_counts,
+           uptr slot_rank, uptr image_ids, int64_t hw, uptr work, uptr out_keys, uptr out_count, uptr out_slot_counts,
+           uptr cut_score, uptr cut_gidx, uptr stream) {
+  run("prune_candidates", [&] {
+    return prune_candidates(ptr<const uint64_t>(keys), n, B, pixbits, per_slot, limit,
+                            ptr<const unsigned long long>(slot_counts), ptr<const int64_t>(slot_rank),
+                            ptr<const int64_t>(image_ids), hw, ptr<long long>(work), ptr<uint64_t>(out_keys),
+                            ptr<unsigned long long>(out_count), ptr<unsigned long long>(out_slot_counts),
+                            ptr<float>(cut_score), ptr<int64_t>(cut_gidx), stream_of(stream));
+  });
+}
+
+void trim(uptr scores, uptr gidx, uptr classes, uptr count, int64_t bound, uptr gmax, int64_t limit, uptr work,
+          uptr out_scores, uptr out_gidx, uptr out_classes, uptr out_count, uptr cut_score, uptr cut_gidx,
+          uptr stream) {
+  run("trim_picks", [&] {
+    return trim_picks(ptr<const float>(scores), ptr<const int64_t>(gidx), ptr<const int64_t>(classes),
+                      ptr<const int64_t>(count), bound, ptr<const int64_t>(gmax), limit, ptr<long long>(work),
+                      ptr<float>(out_scores), ptr<int64_t>(out_gidx), ptr<int64_t>(out_classes),
+                      ptr<unsigned long long>(out_count), ptr<float>(cut_score), ptr<int64_t>(cut_gidx),
+                      stream_of(stream));
+  });
+}
+
 size_t order_workspace_bytes(int64_t n) {
   size_t bytes = 0;
   run("pick_order_workspace_bytes", [&] { return pick_order_workspace_bytes(n, &bytes); });
@@ -200,14 +226,14 @@ PYBIND11_MODULE(_cuda, m) {
         "Fused pass: scores, class weights, blocking, cut-off, compaction of candidate keys.", py::arg("logits"),
         py::arg("dtype"), py::arg("B"), py::arg("C"), py::arg("h"), py::arg("w"), py::arg("H"), py::arg("W"),
         py::arg("heuristic"), py::arg("radius"), py::arg("seed_hash"), py::arg("image_ids"), py::arg("class_counts"),
-        py::arg("weights"), py::arg("blocked"), py::arg("whole"), py::arg("use_cutoff"), py::arg("cut_score"),
-        py::arg("cut_gidx"), py::arg("pixbits"), py::arg("keys"), py::arg("capacity"), py::arg("count"),
-        py::arg("slot_counts"), py::arg("bad_flag"), py::arg("stream"));
+        py::arg("weights"), py::arg("blocked"), py::arg("whole"), py::arg("cut_score"), py::arg("cut_gidx"),
+        py::arg("pixbits"), py::arg("keys"), py::arg("capacity"), py::arg("count"), py::arg("slot_counts"),
+        py::arg("bad_flag"), py::arg("stream"));
   m.def("map_candidates", &map_candidates, "Compaction of candidate keys from precomputed score maps.",
         py::arg("scores"), py::arg("labels"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("weights"),
-        py::arg("blocked"), py::arg("whole"), py::arg("image_ids"), py::arg("use_cutoff"), py::arg("cut_score"),
-        py::arg("cut_gidx"), py::arg("pixbits"), py::arg("keys"), py::arg("capacity"), py::arg("count"),
-        py::arg("slot_counts"), py::arg("stream"));
+        py::arg("blocked"), py::arg("whole"), py::arg("image_ids"), py::arg("cut_score"), py::arg("cut_gidx"),
+        py::arg("pixbits"), py::arg("keys"), py::arg("capacity"), py::arg("count"), py::arg("slot_counts"),
+        py::arg("stream"));
   m.def("labels_at", &labels_at_picks, "Pseudo labels (argmax) at given (slot, pixel) pairs.", py::arg("logits"),
         py::arg("dtype"), py::arg("B"), py::arg("C"), py::arg("h"), py::arg("w"), py::arg("H"), py::arg("W"),
         py::arg("slots"), py::arg("pix"), py::arg("n"), py::arg("out"), py::arg("stream"));
@@ -228,6 +254,16 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("slot_counts"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("radius"), py::arg("pixbits"),
         py::arg("mask"), py::arg("quota"), py::arg("out_pix"), py::arg("out_score"), py::arg("out_count"),
         py::arg("stream"));
+  m.def("select_work_words", &select_work_words, "int64 words of a radix select's work buffer.", py::arg("nseg"));
+  m.def("prune_candidates", &prune, "Keep the best `limit` candidate keys per slot or per batch (radix select).",
+        py::arg("keys"), py::arg("n"), py::arg("B"), py::arg("pixbits"), py::arg("per_slot"), py::arg("limit"),
+        py::arg("slot_counts"), py::arg("slot_rank"), py::arg("image_ids"), py::arg("hw"), py::arg("work"),
+        py::arg("out_keys"), py::arg("out_count"), py::arg("out_slot_counts"), py::arg("cut_score"),
+        py::arg("cut_gidx"), py::arg("stream"));
+  m.def("trim_picks", &trim, "Keep the best `limit` picks of a buffer (radix select); raise the cut-off.",
+        py::arg("scores"), py::arg("gidx"), py::arg("classes"), py::arg("count"), py::arg("bound"), py::arg("gmax"),
+        py::arg("limit"), py::arg("work"), py::arg("out_scores"), py::arg("out_gidx"), py::arg("out_classes"),
+        py::arg("out_count"), py::arg("cut_score"), py::arg("cut_gidx"), py::arg("stream"));
   m.def("pick_order_workspace_bytes", &order_workspace_bytes, py::arg("n"));
   m.def("pick_order", &order, "Permutation ordering picks by (score desc, global index asc).", py::arg("scores"),
         py::arg("gidx"), py::arg("n"), py::arg("index_bits"), py::arg("perm"), py::arg("workspace"),

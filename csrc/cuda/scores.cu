@@ -85,6 +85,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel(const TilePa
 
   // Phase 2: one or two output pixels per thread; a warp is one tile row.
   constexpr int WN = (2 * R + 1) * (2 * R + 1);
+  const Cutoff cut = p.select ? load_cutoff(p.sel) : Cutoff{false, 0.f, 0};
 #pragma unroll 1
   for (int k = 0; k < kTH * kTW / kThreads; ++k) {
     const int o = tid + k * kThreads;
@@ -156,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel(const TilePa
         const int64_t pix = gy * W + gx;
         if (s.blocked[b * H * W + pix] == 0) {
           const float ws = s.weights != nullptr ? score * s.weights[label] : score;
-          if (beats(ws, s.image_ids[b] * H * W + pix, s.cutoff)) {
+          if (beats(ws, s.image_ids[b] * H * W + pix, cut)) {
             take = true;
             key = candidate_key(b, ws, pix, s.pixbits);
           }
