@@ -18,7 +18,8 @@ import os
 
 import torch
 
-from .base import Picks, RoundAccumulator, RoundPlan, exact_means, image_picks, max_picks_per_image
+from .base import (Picks, RoundAccumulator, RoundCounters, RoundPlan, exact_means, greedy_bound, image_picks,
+                   max_picks_per_image)
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -53,12 +54,42 @@ def score(logits, spec, image_ids):
     return score_maps(logits, spec.heuristic, spec.radius, spec.out_size, image_ids, spec.seed, num_warps=NUM_WARPS)
 
 
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host-to-device copy at most (never a read back)."""
+    return t if t.device == device else t.to(device)
+
+
 def _blocked(prior, image_size, radius, device) -> torch.Tensor | None:
-    """Dense (B·H·W,) uint8 map of centres blocked by earlier rounds, None when none is.
-    The prior lives on the CPU, so the test needs no device sync."""
-    if prior is None or (prior.num_picks == 0 and not bool(prior.whole_image.any())):
+    """Dense (B·H·W,) uint8 map of centres blocked by earlier region picks, None when there
+    are none. The prior lives on the CPU with host-known sizes: the P squares become the
+    4P corners of a 2-D difference array on the host, and the device adds them and takes two
+    cumsums, so nothing is read back (a device ``repeat_interleave`` would be). Images
+    labelled whole are handled by the caller (their candidates get score -inf)."""
+    if prior is None or prior.num_picks == 0:
         return None
-    return prior.to(device).blocked_masks(image_size, radius).to(torch.uint8).reshape(-1)
+    h, w = int(image_size[0]), int(image_size[1])
+    b = prior.batch_size
+    counts = prior.offsets[1:] - prior.offsets[:-1]
+    bi = torch.repeat_interleave(torch.arange(b), counts)  # CPU: host-known output size
+    d = prior.radii + int(radius)
+    y0, x0 = (prior.ys - d).clamp(min=0), (prior.xs - d).clamp(min=0)
+    y1, x1 = (prior.ys + d + 1).clamp(max=h), (prior.xs + d + 1).clamp(max=w)
+    base = bi * ((h + 1) * (w + 1))
+    idx = torch.cat([base + yy * (w + 1) + xx for yy, xx in ((y0, x0), (y0, x1), (y1, x0), (y1, x1))])
+    one = torch.ones_like(bi, dtype=torch.int32)
+    val = torch.cat([one, -one, -one, one])
+    diff = torch.zeros(b * (h + 1) * (w + 1), dtype=torch.int32, device=device)
+    diff.index_add_(0, _on(idx, device), _on(val, device))
+    covered = diff.view(b, h + 1, w + 1).cumsum(1).cumsum(2)[:, :h, :w] > 0
+    return covered.to(torch.uint8).reshape(-1)
+
+
+def _ranks(image_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 CPU: the position of each id among the batch's sorted ids (the global
+    index order of the batch's images, for the radix keys of ``cbda.triton.select``)."""
+    rank = torch.empty_like(image_ids)
+    rank[torch.argsort(image_ids)] = torch.arange(image_ids.numel(), dtype=image_ids.dtype)
+    return rank
 
 
 class TritonRound(RoundAccumulator):
@@ -72,6 +103,11 @@ class TritonRound(RoundAccumulator):
         self.means: list[torch.Tensor] = []
         self.ids: list[torch.Tensor] = []
         self.whole: list[torch.Tensor] = []
+        self.counters = RoundCounters()
+        #: per batch, the (B,) device counts of candidates that entered the greedy, per image
+        self._greedy_in: list[torch.Tensor] = []
+        #: filled in by finish(): per batch, the list of those counts (host ints)
+        self.greedy_in_per_image: list[list[int]] = []
 
     # -- set-up on the first batch ----------------------------------------------------------
     def _setup(self, device: torch.device):
@@ -82,7 +118,7 @@ class TritonRound(RoundAccumulator):
         self.device = device
         plan = self.plan
         if plan.class_weights is not None:
-            self.weights = plan.class_weights.to(device=device, dtype=torch.float32).contiguous()
+            self.weights = _on(plan.class_weights.to(torch.float32), device).contiguous()
         self.buffer = RoundBuffer(device, plan.total if plan.scope == "global" else None)
 
     def _candidates(self, n: int):
@@ -101,8 +137,11 @@ class TritonRound(RoundAccumulator):
         dev = logits.device if logits is not None else scores.device
         self._setup(dev)
         h, w = plan.image_size
+        hw = h * w
         b = int(image_ids.numel())
-        ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
+        self.counters.batches += 1
+        self.counters.scored += b * hw
+        ids = _on(image_ids.to(torch.int64), dev).contiguous()
         if logits is not None and self.counts is None:
             self.counts = torch.zeros(logits.shape[1], dtype=torch.int64, device=dev)
         spec = plan.spec
@@ -113,16 +152,18 @@ class TritonRound(RoundAccumulator):
             if self.weights is not None:
                 s = s * self.weights[labels]
             self.means.append(exact_means(s))  # exact: no reduction-order ties
-            self.ids.append(image_ids.cpu())
-            self.whole.append(prior.whole_image.cpu())
+            self.ids.append(image_ids)  # both on the CPU already (the accumulator's contract)
+            self.whole.append(prior.whole_image)
             return
-        quota = plan.per_image if plan.scope == "per_image" else plan.total
+        per_image = plan.scope == "per_image"
+        quota = plan.per_image if per_image else plan.total
         if quota is None or quota <= 0:
             if logits is not None:  # still count the pseudo labels
                 ks.score_maps(logits, spec.heuristic, spec.radius, (h, w), ids, spec.seed, hist=self.counts, num_warps=NUM_WARPS)
             return
         blocked = _blocked(prior, (h, w), plan.radius, dev)
-        cand = self._candidates(b * h * w)
+        whole = _on(prior.whole_image, dev)
+        cand = self._candidates(b * hw)
         cutoff = self.buffer.cutoff if plan.scope == "global" else None
         wide = spec.heuristic == "ripu_pixel" or (spec.heuristic == "ripu" and spec.radius > ks.MAX_FUSED_RADIUS)
         if logits is not None and not wide:
@@ -136,19 +177,71 @@ class TritonRound(RoundAccumulator):
                 scores, labels = ks.score_maps(logits, spec.heuristic, spec.radius, (h, w), ids, spec.seed,
                                                hist=self.counts, num_warps=NUM_WARPS, bad_flag=cand.status.flag)
             ks.run_emit(scores.to(torch.float32), labels, ids, self.weights, blocked, cutoff, cand, num_warps=NUM_WARPS)
-        n, bad = cand.status.status.tolist()  # the one host read of the batch: count and flag
+        # the one host read of the batch: candidate count and non-finite flag
+        n, bad = self.counters.host_read(cand.status.status)
         ks.raise_if_bad(bad)
+        self.counters.candidates += n
         c_s, c_li, c_lab = cand.score[:n], cand.li[:n], cand.label[:n]
-        if plan.radius > 0 or plan.scope == "per_image":
-            c_s, c_li, c_lab = self._greedy(c_s, c_li, c_lab, b, quota)
-        else:  # plain top-k: copy out of the reused candidate buffer
-            c_s, c_li, c_lab = c_s.clone(), c_li.clone(), c_lab.clone()
-        hw = h * w
-        gidx = ids[torch.div(c_li, hw, rounding_mode="floor")] * hw + c_li % hw
+        # images labelled whole in an earlier round: every centre is blocked; score -inf orders
+        # their candidates after every real one (keys stay unique) and makes their picks padding
+        c_s = torch.where(whole[torch.div(c_li, hw, rounding_mode="floor")], float("-inf"), c_s)
+        q = min(int(quota), max_picks_per_image(h, w, plan.radius))
+        c_s, c_li, c_lab = self._prune(c_s, c_li, c_lab, n, b, image_ids, ids, q)
+        if plan.radius > 0 or per_image:
+            c_s, c_li, c_lab = self._greedy(c_s, c_li, c_lab, b, q)
+        else:  # plain top-k: the pruned batch is the batch's picks
+            self._count_in(c_li, b)
+            if c_s.data_ptr() == cand.score.data_ptr():  # not pruned: copy out of the reused buffer
+                c_s, c_li, c_lab = c_s.clone(), c_li.clone(), c_lab.clone()
+        gidx = ids[torch.div(c_li, hw, rounding_mode="floor").clamp(max=max(b - 1, 0))] * hw + c_li % hw
         self.buffer.append(c_s, gidx, c_lab)
 
-    def _greedy(self, c_s, c_li, c_lab, b, quota):
-        """Per-image greedy over the candidates; returns the picks padded with -inf."""
+    def _prune(self, c_s, c_li, c_lab, n, b, image_ids, ids, q):
+        """Only the best q·(4r+1)² candidates of each image (``ra``/``cbra``) or the best
+        M = K·(4r+1)² of the batch (``da``/``cbda``) can be picked (``greedy_bound``); keep
+        those (a radix select on the device, ``cbda.triton.select``), nothing when n <= the
+        limit. For da/cbda, the M-th best candidate of a batch with >= M candidates is also a
+        valid cut-off for later batches: it is offered to the round buffer."""
+        from ..triton.select import prune
+
+        plan = self.plan
+        h, w = plan.image_size
+        hw = h * w
+        per_image = plan.scope == "per_image"
+        limit = greedy_bound(q if per_image else plan.total, plan.radius)
+        self.counters.greedy_bound += b * limit if per_image else limit
+        if n > limit:  # per image: every image has at most n <= limit otherwise
+            rank = None if per_image else _on(_ranks(image_ids), c_s.device)
+            c_s, c_li, c_lab, _ = prune(c_s, c_li, c_lab, n, b, hw, limit, rank, num_warps=NUM_WARPS)
+        if not per_image and n >= limit:
+            self._offer_cutoff(c_s, c_li, ids, hw)
+        return c_s, c_li, c_lab
+
+    def _offer_cutoff(self, c_s, c_li, ids, hw):
+        """The worst of exactly M kept candidates (the M-th best of the batch) as a cut-off."""
+        from ..triton.topk import desc_score_key
+
+        key = desc_score_key(c_s)
+        g = ids[torch.div(c_li, hw, rounding_mode="floor")] * hw + c_li % hw
+        worst = key.max()
+        at_worst = key == worst
+        g_w = torch.where(at_worst, g, -1).max()
+        at = torch.argmax((at_worst & (g == g_w)).to(torch.int32)).view(1)
+        self.buffer.raise_cutoff(c_s.index_select(0, at), g_w.view(1))
+
+    def _count_in(self, c_li, b) -> torch.Tensor:
+        """Per-image counts (B+1,) of the candidates entering the greedy (index B: padding);
+        the first B are kept on the device for ``finish``."""
+        hw = self.plan.image_size[0] * self.plan.image_size[1]
+        img = torch.div(c_li, hw, rounding_mode="floor")
+        # index_add, not bincount: bincount sizes its output from a device max (a host sync)
+        per_img = torch.zeros(b + 1, dtype=torch.int64, device=c_li.device).index_add_(0, img, torch.ones_like(img))
+        self._greedy_in.append(per_img[:b])
+        return per_img
+
+    def _greedy(self, c_s, c_li, c_lab, b, q):
+        """Per-image greedy over the candidates; returns the picks padded with -inf.
+        Padding candidates (li = B·H·W, from ``prune``) sort after every image and are skipped."""
         from ..triton.greedy import greedy_scan
         from ..triton.topk import desc_score_key
 
@@ -162,11 +255,9 @@ class TritonRound(RoundAccumulator):
         p2 = torch.sort((img << 32) | desc_score_key(c_s[p1]), stable=True).indices
         perm = p1[p2]
         s_sorted, li_sorted, lab_sorted = c_s[perm], c_li[perm], c_lab[perm]
+        per_img = self._count_in(c_li, b)
         seg = torch.zeros(b + 1, dtype=torch.int64, device=c_s.device)
-        # index_add, not bincount: bincount sizes its output from a device max (a host sync)
-        per_img = torch.zeros(b, dtype=torch.int64, device=c_s.device).index_add_(0, img, torch.ones_like(img))
-        seg[1:] = torch.cumsum(per_img, 0)
-        q = min(int(quota), max_picks_per_image(h, w, plan.radius))
+        seg[1:] = torch.cumsum(per_img[:b], 0)
         pos = greedy_scan(li_sorted.contiguous(), seg, b, (h, w), plan.radius, q, seg_out=plan.scope == "global",
                           chunk=GREEDY_CHUNK, num_warps=GREEDY_WARPS)
         # one padding entry at index n
@@ -178,6 +269,13 @@ class TritonRound(RoundAccumulator):
     # -- the round's result -------------------------------------------------------------------
     def finish(self) -> Picks:
         plan = self.plan
+        if self._greedy_in:  # the per-batch device counts, read once
+            flat = self.counters.host_read(torch.cat(self._greedy_in))
+            self.counters.greedy_in = sum(flat)
+            sizes = [int(t.numel()) for t in self._greedy_in]
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            self.greedy_in_per_image = [flat[a:a + k] for a, k in zip(starts, sizes)]
+            self._greedy_in = []
         counts = self.counts.cpu() if self.counts is not None else None
         if plan.scope == "image":
             return image_picks(self.ids, self.means, self.whole, plan.total, counts)
