@@ -1,12 +1,26 @@
 """The ``triton`` backend: fused Triton kernels on CUDA tensors (or CPU tensors under
 ``TRITON_INTERPRET=1``, which is how CI runs them).
 
-Per batch of a region round: one fused kernel scores the batch at the label resolution,
-weights, masks and compacts the candidates that beat the current cut-off into a device
-buffer (``cbda.triton.score``); one host read gets their count; for r > 0 they are sorted per
-image and the exact greedy runs one program per image (``cbda.triton.greedy``); the picks
-join the round buffer, which is cut back to exactly K past 2K, raising the cut-off on the
-device (``cbda.triton.topk``). Memory: O(K) for the round, O(B·H·W) for one batch.
+Per batch of a region round:
+1. one fused kernel scores the batch at the label resolution, weights, masks (earlier picks:
+   a dense map built on the device from the prior's host arrays) and compacts the
+   candidates that beat the current cut-off into a reused device buffer
+   (``cbda.triton.score``);
+2. the one host read of the batch (``RoundCounters.host_read``): candidate count and the
+   non-finite flag;
+3. pruning to the greedy bound (docs/semantics.md, "Pruning"): when there are more
+   candidates than the limit, a radix select on the device keeps the best q·(4r+1)² per image
+   (``ra``/``cbra``) or the best M = K·(4r+1)² of the batch (``da``/``cbda``)
+   (``cbda.triton.select``); for ``da``/``cbda`` the M-th best candidate of a batch with at
+   least M also raises the cut-off of later batches;
+4. only the kept candidates are sorted per image and the exact greedy runs one program per
+   image (``cbda.triton.greedy``); the picks join the round buffer, which is cut back to
+   exactly K past 2K, raising the cut-off on the device (``cbda.triton.topk``).
+Nothing else in ``add`` reads the device: sizes are host-known (the count read, B·H·W, the
+limits), the cut-offs and the per-image counts of candidates that entered the greedy stay on
+the device, and ``finish()`` reads what it must. ``self.counters`` (``RoundCounters``) counts
+batches, pixels scored, candidates, greedy_in (read once in ``finish``) against
+greedy_bound, and host reads. Memory: O(K) for the round, O(B·H·W) for one batch.
 
 Triton is imported on first use, never by ``import cbda``.
 """
