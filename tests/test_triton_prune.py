@@ -33,8 +33,10 @@ def _brute_best(key_hi, tie, seg, limit):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("per_image", [True, False])
-def test_prune_keeps_exactly_the_best_per_segment(seed, per_image):
+@pytest.mark.parametrize("per_image,grouped", [(True, False), (True, True), (False, False)])
+def test_prune_keeps_exactly_the_best_per_segment(seed, per_image, grouped):
+    # grouped: candidates in runs of one image and small blocks, as the scoring kernel emits
+    # them, so most blocks take the one-segment histogram; otherwise blocks mix images
     from cbda.triton.select import prune
     from cbda.triton.topk import desc_score_key
 
@@ -42,6 +44,8 @@ def test_prune_keeps_exactly_the_best_per_segment(seed, per_image):
     b, hw = 3, 40
     n = int(torch.randint(1, b * hw, (1,), generator=g))
     li = torch.randperm(b * hw, generator=g)[:n]
+    if grouped:
+        li = li[torch.argsort(li // hw, stable=True)]
     s = torch.randint(-3, 4, (n,), generator=g).float() * 0.5  # many exact ties
     s[torch.rand(n, generator=g) < 0.2] = -0.0  # -0.0 ties with +0.0
     lab = torch.randint(0, 5, (n,), generator=g).to(torch.int32)
@@ -49,7 +53,8 @@ def test_prune_keeps_exactly_the_best_per_segment(seed, per_image):
     ids = torch.randperm(100, generator=g)[:b]  # unsorted: the tie-break follows the global ids
     rank = torch.empty(b, dtype=torch.int64)
     rank[torch.argsort(ids)] = torch.arange(b)
-    out_s, out_li, out_lab, count = prune(s, li, lab, n, b, hw, limit, None if per_image else rank)
+    out_s, out_li, out_lab, count = prune(s, li, lab, n, b, hw, limit, None if per_image else rank,
+                                          block=16 if grouped else 1024)
     img, pix = (li // hw).tolist(), (li % hw).tolist()
     tie = pix if per_image else [int(ids[i]) * hw + p for i, p in zip(img, pix)]
     want = _brute_best(desc_score_key(s).tolist(), tie, img if per_image else [0] * n, limit)
@@ -182,10 +187,15 @@ def test_prior_picks_and_whole_images(device, first, strategy):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("strategy,radius", [("ra", 1), ("da", 0), ("cbra", 0), ("cbda", 1)])
-def test_fused_logits_round_reads_once_per_add(device, strategy, radius):
+@pytest.mark.parametrize("strategy,radius,heuristic", [
+    ("ra", 1, "ripu"), ("da", 0, "margin"), ("cbra", 0, "entropy"), ("cbda", 1, "ripu"), ("da", 3, "ripu"),
+    ("ra", 1, "ripu_pixel"),
+])
+def test_fused_logits_round_reads_once_per_add(device, strategy, radius, heuristic):
+    # the fused kernel (r <= 2) and the wide-window path (maps, window pass, emit)
     logits = random_logits(4, 3, 5, 6, seed=4)
-    kw = dict(budget=0.2, rounds=4, strategy=strategy, radius=radius, out_size=(8, 10), num_images=4)
+    kw = dict(budget=0.2, rounds=4, strategy=strategy, radius=radius, heuristic=heuristic, out_size=(8, 10),
+              num_images=4)
     rnd = cbda.AcquisitionRound(backend="triton", **kw)
     for part in ([0, 1], [2, 3]):
         with SyncProbe() as probe:

@@ -532,7 +532,8 @@ def score_maps(
     labels = torch.empty((b, H, W), dtype=torch.int64, device=dev)
     if b == 0:
         return scores, labels
-    ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
+    ids = image_ids.to(torch.int64)
+    ids = (ids if ids.device == dev else ids.to(dev)).contiguous()  # a copy to the device, never a read back
     own_flag = bad_flag is None
     if own_flag:
         bad_flag = torch.zeros(1, dtype=torch.int64, device=dev)

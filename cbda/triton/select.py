@@ -18,7 +18,8 @@ and batch-local index; nothing is materialised.
 Select. Eight-bit digits, most significant first: ``hi`` in 4 passes, then ``lo`` in
 ceil(bits/8). Each pass is two launches: a histogram of the digit over the candidates
 whose key matches the segment's prefix so far (one ``tl.histogram`` and one vector atomic
-per block for a single segment; per-element atomics per (segment, digit) otherwise), and
+per block when the block lies in one segment; per-element atomics per (segment, digit)
+otherwise), and
 a one-program-per-segment scan that finds the digit where the cumulative count reaches the
 segment's remaining need, appends it to the prefix and subtracts the counts below. A
 segment is done when the chosen digit's bucket holds exactly the remaining need (all of it
@@ -95,10 +96,15 @@ def radix_hist_kernel(
             match = (hi == p_hi) & ((lo >> up) == (p_lo >> up))
             digit = (lo >> shift) & (NB - 1)
         match = match & m & (done == 0)
-        if GLOBAL:
-            # one segment: reduce the block first, so hot digits cost one atomic per block
+        # a block inside one segment (always for the batch; nearly always per image, since
+        # the scoring kernel reserves a tile's candidates contiguously) reduces its digits
+        # first: the few hot digits of the score's top bits then cost one atomic per block,
+        # not one per candidate on the same address
+        s_lo = tl.min(tl.where(m, seg, 1 << 62), axis=0)
+        s_hi = tl.max(tl.where(m, seg, -1), axis=0)
+        if s_lo == s_hi:
             hg = tl.histogram(digit.to(tl.int32), NB, mask=match)
-            tl.atomic_add(hist + tl.arange(0, NB), hg.to(tl.int64))
+            tl.atomic_add(hist + s_lo * NB + tl.arange(0, NB), hg.to(tl.int64))
         else:
             tl.atomic_add(hist + seg * NB + digit, tl.full([BLOCK], 1, tl.int64), mask=match)
 
