@@ -219,3 +219,21 @@ def test_picks_identical_on_many_random_tie_rounds():
         _, a, _ = _stream(strategy, radius, scores, labels, ids, split, "triton", weights=weights, budget=budget)
         _, b, _ = _stream(strategy, radius, scores, labels, ids, split, "reference", weights=weights, budget=budget)
         assert _picks(a) == _picks(b), (trial, strategy, radius, split, budget)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_image_strategy_reads_once_per_add_and_still_fails_early(device):
+    # the non-finite flag and the exact-mean buckets come back in one read
+    logits = random_logits(4, 3, 5, 6, seed=6)
+    kw = dict(budget=0.5, rounds=2, strategy="image", out_size=(8, 10), num_images=4)
+    rnd = cbda.AcquisitionRound(backend="triton", **kw)
+    for part in ([0, 1], [2, 3]):
+        with SyncProbe() as probe:
+            rnd.add(part, logits[part].to(device))
+        assert probe.total == 1, dict(probe.sites)
+    assert rnd.finish().image_ids.tolist() == cbda.select(logits, backend="reference", **kw).image_ids.tolist()
+    bad = logits.clone()
+    bad[1, 0, 2, 3] = float("nan")
+    rnd = cbda.AcquisitionRound(backend="triton", **kw)
+    with pytest.raises(cbda.InputError, match="NaN"):
+        rnd.add([0, 1], bad[:2].to(device))

@@ -32,8 +32,8 @@ import os
 
 import torch
 
-from .base import (Picks, RoundAccumulator, RoundCounters, RoundPlan, exact_means, greedy_bound, image_picks,
-                   max_picks_per_image)
+from .base import (Picks, RoundAccumulator, RoundCounters, RoundPlan, greedy_bound, image_picks, max_picks_per_image,
+                   mean_buckets, means_from_buckets)
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -160,12 +160,18 @@ class TritonRound(RoundAccumulator):
             self.counts = torch.zeros(logits.shape[1], dtype=torch.int64, device=dev)
         spec = plan.spec
         if plan.scope == "image":
+            flag = torch.zeros(1, dtype=torch.int64, device=dev)
             if logits is not None:
-                scores, labels = ks.score_maps(logits, spec.heuristic, spec.radius, (h, w), ids, spec.seed, hist=self.counts, num_warps=NUM_WARPS)
+                scores, labels = ks.score_maps(logits, spec.heuristic, spec.radius, (h, w), ids, spec.seed,
+                                               hist=self.counts, num_warps=NUM_WARPS, bad_flag=flag)
             s = scores.to(torch.float32)
             if self.weights is not None:
                 s = s * self.weights[labels]
-            self.means.append(exact_means(s))  # exact: no reduction-order ties
+            # exact means (no reduction-order ties): the non-finite flag and the mean buckets
+            # come back in the batch's one host read
+            words = self.counters.host_read(torch.cat([flag, mean_buckets(s).reshape(-1)]))
+            ks.raise_if_bad(words[0])
+            self.means.append(means_from_buckets([words[1 + 256 * i:1 + 256 * (i + 1)] for i in range(b)], hw))
             self.ids.append(image_ids)  # both on the CPU already (the accumulator's contract)
             self.whole.append(prior.whole_image)
             return
