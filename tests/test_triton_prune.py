@@ -160,8 +160,8 @@ def test_batch_cutoff_prunes_later_batches(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("first", ["da", "image"])
-@pytest.mark.parametrize("strategy", ["ra", "cbda"])
-def test_prior_picks_and_whole_images(device, first, strategy):
+@pytest.mark.parametrize("strategy,radius", [("ra", 1), ("cbda", 1), ("da", 0), ("cbra", 0)])
+def test_prior_picks_and_whole_images(device, first, strategy, radius):
     # round 1 picks regions (a blocked map) or whole images (score -inf candidates); round 2
     # must skip them exactly as the reference does
     n, c = 4, 3
@@ -173,7 +173,7 @@ def test_prior_picks_and_whole_images(device, first, strategy):
         sels = {}
         for b, st in states.items():
             dev = device if b == "triton" else "cpu"
-            rnd = cbda.AcquisitionRound(budget=0.4, rounds=2, strategy=strat, radius=1, state=st, backend=b)
+            rnd = cbda.AcquisitionRound(budget=0.4, rounds=2, strategy=strat, radius=radius, state=st, backend=b)
             reads = []
             for part in (slice(0, 3), slice(3, 4)):
                 with SyncProbe() as probe:
@@ -204,6 +204,25 @@ def test_fused_logits_round_reads_once_per_add(device, strategy, radius, heurist
     sel = rnd.finish()
     assert _picks(sel) == _picks(cbda.select(logits, backend="reference", **kw))
     assert rnd.counters.host_reads == 3
+
+
+@pytest.mark.parametrize("strategy", ["ra", "cbda"])
+def test_select_over_several_blocks(strategy):
+    # 2·24·32 candidates in the first batch: the radix passes and the compaction run over
+    # several 1024-candidate blocks that mix images (per image) or share one segment (batch)
+    scores = tie_scores(3, 24, 32, seed=8, levels=6)
+    labels = torch.randint(0, 3, (3, 24, 32), generator=torch.Generator().manual_seed(8))
+    ids = torch.tensor([2, 0, 1])
+    weights = torch.tensor([1.0, 0.5, 0.25]) if strategy.startswith("cb") else None
+    kw = dict(budget=0.1, rounds=2, strategy=strategy, radius=1, num_images=3, class_weights=weights)
+    rnds = {}
+    for b in ("triton", "reference"):
+        rnds[b] = cbda.AcquisitionRound(backend=b, **kw)
+        rnds[b].add_scores(ids[:2], scores[:2], labels[:2])
+        rnds[b].add_scores(ids[2:], scores[2:], labels[2:])
+    assert _picks(rnds["triton"].finish()) == _picks(rnds["reference"].finish())
+    c = rnds["triton"].counters
+    assert c.candidates > 1024 and c.greedy_in < c.candidates
 
 
 def test_picks_identical_on_many_random_tie_rounds():
