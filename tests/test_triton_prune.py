@@ -122,7 +122,7 @@ def test_pruned_round_equals_reference_and_stays_in_bound(device, strategy, radi
                               weights=weights)
     _, ref, _ = _stream(strategy, radius, scores, labels, ids, split, "reference", weights=weights)
     assert _picks(sel) == _picks(ref)
-    assert torch.equal(sel.scores, ref.scores)
+    assert torch.equal(sel.scores, ref.scores) and torch.equal(sel.classes, ref.classes)
 
     c = rnd.counters
     assert c.batches == 2 and c.scored == 4 * H * W and c.host_reads == 3  # one per add, one in finish
@@ -206,6 +206,19 @@ def test_fused_logits_round_reads_once_per_add(device, strategy, radius, heurist
     assert rnd.counters.host_reads == 3
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("budget", [1.0, 0.3])
+def test_plain_topk_batches_keep_their_own_classes(device, budget):
+    # r = 0 da: a batch's picks join the round buffer without a greedy; unpruned (budget 1.0:
+    # K above every batch) they must be copied out of the candidate buffer the next batch reuses
+    scores, labels, ids = _inputs(seed=21)
+    split = [1, 1, 2]
+    _, sel, _ = _stream("da", 0, scores.to(device), labels.to(device), ids, split, "triton", budget=budget)
+    _, ref, _ = _stream("da", 0, scores, labels, ids, split, "reference", budget=budget)
+    assert _picks(sel) == _picks(ref)
+    assert torch.equal(sel.classes, ref.classes) and torch.equal(sel.scores, ref.scores)
+
+
 @pytest.mark.parametrize("strategy", ["ra", "cbda"])
 def test_select_over_several_blocks(strategy):
     # 2·24·32 candidates in the first batch: the radix passes and the compaction run over
@@ -238,6 +251,7 @@ def test_picks_identical_on_many_random_tie_rounds():
         _, a, _ = _stream(strategy, radius, scores, labels, ids, split, "triton", weights=weights, budget=budget)
         _, b, _ = _stream(strategy, radius, scores, labels, ids, split, "reference", weights=weights, budget=budget)
         assert _picks(a) == _picks(b), (trial, strategy, radius, split, budget)
+        assert torch.equal(a.classes, b.classes) and torch.equal(a.scores, b.scores)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -211,8 +211,8 @@ class TritonRound(RoundAccumulator):
             c_s, c_li, c_lab = self._greedy(c_s, c_li, c_lab, b, q)
         else:  # plain top-k: the pruned batch is the batch's picks
             self._count_in(c_li, b)
-            if c_s.data_ptr() == cand.score.data_ptr():  # not pruned: copy out of the reused buffer
-                c_s, c_li, c_lab = c_s.clone(), c_li.clone(), c_lab.clone()
+            if c_lab.data_ptr() == cand.label.data_ptr():  # not pruned: copy out of the reused buffer
+                c_lab = c_lab.clone()  # (c_s is torch.where's new tensor; c_li only feeds gidx)
         gidx = ids[torch.div(c_li, hw, rounding_mode="floor").clamp(max=max(b - 1, 0))] * hw + c_li % hw
         self.buffer.append(c_s, gidx, c_lab)
 
