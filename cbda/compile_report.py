@@ -156,7 +156,8 @@ def _select_variants(full: bool) -> list[Variant]:
     from .triton.select import DIGIT_BITS
 
     nb = 1 << DIGIT_BITS
-    keys = (("score", "*fp32"), ("li", "*i64"), ("rank", "*i64"), ("n", "i64"), ("HW", "i64"), ("state", "*i64"))
+    # n and H·W arrive as i32 below 2^31 (the JIT's specialisation; the indices are int64 loads)
+    keys = (("score", "*fp32"), ("li", "*i64"), ("rank", "*i64"), ("n", "i32"), ("HW", "i32"), ("state", "*i64"))
     htypes = keys + (("hist", "*i64"), ("ndone", "*i64"), ("nseg", "i32"), ("shift", "i32"))
     ktypes = keys[:2] + (("label", "*i32"),) + keys[2:] + (("out_s", "*fp32"), ("out_li", "*i64"),
                                                           ("out_lab", "*i32"), ("out_count", "*i64"))

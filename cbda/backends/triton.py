@@ -213,7 +213,7 @@ class TritonRound(RoundAccumulator):
             self._count_in(c_li, b)
             if c_lab.data_ptr() == cand.label.data_ptr():  # not pruned: copy out of the reused buffer
                 c_lab = c_lab.clone()  # (c_s is torch.where's new tensor; c_li only feeds gidx)
-        gidx = ids[torch.div(c_li, hw, rounding_mode="floor").clamp(max=max(b - 1, 0))] * hw + c_li % hw
+        gidx = ids[torch.div(c_li, hw, rounding_mode="floor")] * hw + c_li % hw
         self.buffer.append(c_s, gidx, c_lab)
 
     def _prune(self, c_s, c_li, c_lab, n, b, image_ids, ids, q):
