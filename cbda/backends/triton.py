@@ -278,7 +278,10 @@ class TritonRound(RoundAccumulator):
         per_img = self._count_in(c_li, b)
         seg = torch.zeros(b + 1, dtype=torch.int64, device=c_s.device)
         seg[1:] = torch.cumsum(per_img[:b], 0)
-        pos = greedy_scan(li_sorted.contiguous(), seg, b, (h, w), plan.radius, q, seg_out=plan.scope == "global",
+        # picks at seg[b] + k (n slots) or at b·q + k (B·q slots): the smaller, so that the round
+        # buffer (da/cbda) appends, and sorts at its trims, as little padding as possible
+        seg_out = plan.scope == "global" and int(c_li.numel()) <= b * q
+        pos = greedy_scan(li_sorted.contiguous(), seg, b, (h, w), plan.radius, q, seg_out=seg_out,
                           chunk=GREEDY_CHUNK, num_warps=GREEDY_WARPS)
         # one padding entry at index n
         pad_s = torch.cat([s_sorted, s_sorted.new_full((1,), float("-inf"))])
