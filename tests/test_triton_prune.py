@@ -6,6 +6,7 @@ from _triton_env import DEVICES, INTERPRET, interpret  # noqa: F401,I001  (inter
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import cbda
 from cbda.backends.base import greedy_bound, max_picks_per_image
@@ -65,6 +66,35 @@ def test_prune_keeps_exactly_the_best_per_segment(seed, per_image, grouped):
     assert (out_li[c:] == b * hw).all() and (out_s[c:] == float("-inf")).all()  # padding
     payload = dict(zip(li.tolist(), zip(s.tolist(), lab.tolist())))
     assert all(payload[x] == (y, z) for x, y, z in zip(out_li[:c].tolist(), out_s[:c].tolist(), out_lab[:c].tolist()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 4), hw=st.integers(1, 30), frac=st.floats(0.05, 1.0), limit=st.integers(1, 40),
+       levels=st.integers(1, 5), per_image=st.booleans(), seed=st.integers(0, 2**16))
+def test_prune_property(b, hw, frac, limit, levels, per_image, seed):
+    from cbda.triton.select import prune
+    from cbda.triton.topk import desc_score_key
+
+    g = torch.Generator().manual_seed(seed)
+    n = max(1, int(frac * b * hw))
+    li = torch.randperm(b * hw, generator=g)[:n]
+    s = torch.randint(0, levels, (n,), generator=g).float() - levels // 2
+    ids = torch.randperm(10, generator=g)[:b]
+    rank = torch.empty(b, dtype=torch.int64)
+    rank[torch.argsort(ids)] = torch.arange(b)
+    _, out_li, _, count = prune(s, li, torch.zeros(n, dtype=torch.int32), n, b, hw, limit,
+                                None if per_image else rank, block=16)
+    img, pix = (li // hw).tolist(), (li % hw).tolist()
+    tie = pix if per_image else [int(ids[i]) * hw + p for i, p in zip(img, pix)]
+    want = _brute_best(desc_score_key(s).tolist(), tie, img if per_image else [0] * n, limit)
+    assert sorted(out_li[:int(count)].tolist()) == sorted(li[sorted(want)].tolist())
+
+
+def test_prune_refuses_an_empty_limit():
+    from cbda.triton.select import prune
+
+    with pytest.raises(ValueError, match="limit"):
+        prune(torch.zeros(1), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int32), 1, 1, 1, 0)
 
 
 def test_prune_of_nothing():

@@ -210,6 +210,8 @@ def prune(
         Exactly min(n, limit) candidates are kept for the batch (keys are unique); per image,
         min(n_b, limit) of each image's n_b.
     """
+    if int(limit) < 1:
+        raise ValueError(f"limit: the candidates to keep per segment must be >= 1, got {limit}")
     dev = score.device
     per_image = rank is None
     nseg = int(batch) if per_image else 1
