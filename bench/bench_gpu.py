@@ -51,6 +51,8 @@ def _cfg(args) -> dict:
         "round_size": (24, 32) if tiny else (1024, 2048),
         "round_low": (6, 8) if tiny else (256, 512),
         "round_batch": 3 if tiny else 8,
+        "round_pool": 4 if tiny else 64,
+        "round_strategies": ["cbda", "ra"],
         "budget": 0.05, "rounds": 5, "radius": 1,
     }
 
@@ -171,30 +173,63 @@ def worker(backend: str, cfg: dict) -> dict:
             del x
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    # 3. one whole round from generated logits (fused backends only: the reference stores every map)
+    # 3. whole rounds streamed through AcquisitionRound (fused backends only: the reference
+    #    stores every map), with the driver's counters next to the time
     if backend != "reference":
-        n, bs = cfg["round_images"], cfg["round_batch"]
-        big = [r for r in out["latency"] if r["size"] == list(cfg["round_size"]) and r["dtype"] == "float32" and "ms_per_image" in r]
+        n = cfg["round_images"]
+        big = [r for r in out["latency"] if r["size"] == list(cfg["round_size"]) and r["dtype"] == "bfloat16" and "ms_per_image" in r]
         est = big[0]["ms_per_image"] * n / 1e3 if big else None
         if est is not None and est > cfg["round_budget"]:
             out["round"] = {"skipped": f"estimated {est:.0f} s > --round-budget {cfg['round_budget']} s", "images": n}
         else:
-            rnd = cbda.AcquisitionRound(budget=cfg["budget"], rounds=cfg["rounds"], strategy="cbda", heuristic="ripu",
-                                        radius=cfg["radius"], out_size=tuple(cfg["round_size"]), num_images=n,
-                                        backend=backend)
-            base = _peak_reset(dev)
-            t = _timer(dev)
+            out["rounds"] = [_round(backend, cfg, strategy, dev) for strategy in cfg["round_strategies"]]
+    return out
+
+
+def _round(backend: str, cfg: dict, strategy: str, dev) -> dict:
+    """One whole round of ``round_images`` images from a pool of pre-generated bf16 logits (the
+    pool is cycled under distinct image ids, so generating data is not timed), in the caller's
+    batches of ``round_batch`` re-batched by cbda from free memory. Counters: the backend's
+    RoundCounters, and on a GPU the synchronising torch calls torch's sync debug mode saw."""
+    import warnings
+
+    import torch
+
+    import cbda
+
+    n, bs, c = cfg["round_images"], cfg["round_batch"], cfg["classes"]
+    pool = _logits(min(n, cfg["round_pool"]), c, cfg["round_low"], "bfloat16", dev, seed=7)
+    rnd = cbda.AcquisitionRound(budget=cfg["budget"], rounds=cfg["rounds"], strategy=strategy, heuristic="ripu",
+                                radius=cfg["radius"], out_size=tuple(cfg["round_size"]), num_images=n,
+                                backend=backend)
+    base = _peak_reset(dev)
+    t = _timer(dev)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if dev.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
             t.start()
             for s0 in range(0, n, bs):
                 ids = list(range(s0, min(n, s0 + bs)))
-                rnd.add(ids, _logits(len(ids), c, cfg["round_low"], "float32", dev, seed=s0))
+                rows = [i % pool.shape[0] for i in ids]
+                rnd.add(ids, pool[rows[0]:rows[0] + len(rows)] if rows == list(range(rows[0], rows[0] + len(rows)))
+                        else pool[rows])
             sel = rnd.finish(commit=False)
             sec = t.stop()
-            out["round"] = {"images": n, "seconds": sec, "picks": int(sel.image_ids.numel()),
-                            "peak_extra_mib": (_peak_extra(dev, base) or 0) / 2**20 if dev.type == "cuda" else None,
-                            "note": "includes generating the logits on the device (torch.randn), batch of "
-                                    f"{bs}"}
-    return out
+        finally:
+            if dev.type == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+    syncs = sum(1 for w in caught if "synchroniz" in str(w.message).lower()) if dev.type == "cuda" else None
+    counters = rnd.counters
+    row = {"strategy": strategy, "images": n, "seconds": sec, "picks": int(sel.image_ids.numel()),
+           "peak_extra_mib": (_peak_extra(dev, base) or 0) / 2**20 if dev.type == "cuda" else None,
+           "torch_syncs_seen": syncs, "caller_batch": bs, "pool": int(pool.shape[0])}
+    if counters is not None:
+        from dataclasses import asdict
+
+        row["counters"] = asdict(counters)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,17 +284,21 @@ def render(data: dict) -> str:
             pk = row["peak_extra_mib_per_image"]
             lines.append(f"| {r['backend']} | {shape[0]} | {shape[1]} | {row['dtype']} | {row['ms_per_image']:.3f} | "
                          f"{row['gb_per_s']:.1f} | {'-' if pk is None else f'{pk:.1f}'} |")
-    lines += ["", "| backend | whole round | images | seconds | picks | peak extra MiB |", "|---|---|---:|---:|---:|---:|"]
+    lines += ["", f"Whole rounds at {data['round_size']} (bf16 logits; counters: backend batches, candidates the "
+              "scoring appended, candidates through the greedy / the bound on them, the backend's host reads, "
+              "synchronising torch calls seen by torch's sync debug mode):", "",
+              "| backend | strategy | images | seconds | picks | peak extra MiB | batches | candidates | greedy in / bound "
+              "| host reads | torch syncs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["results"]:
-        rd = r.get("round")
-        if not rd:
-            continue
-        if "skipped" in rd:
-            lines.append(f"| {r['backend']} | skipped: {rd['skipped']} | {rd['images']} | | | |")
-        else:
+        if r.get("round") and "skipped" in r["round"]:
+            lines.append(f"| {r['backend']} | skipped: {r['round']['skipped']} | {r['round']['images']} | | | | | | | | |")
+        for rd in r.get("rounds") or []:
             pk = rd.get("peak_extra_mib")
-            lines.append(f"| {r['backend']} | {data['round_size']} | {rd['images']} | {rd['seconds']:.2f} | {rd['picks']} | "
-                         f"{'-' if pk is None else f'{pk:.0f}'} |")
+            k = rd.get("counters") or {}
+            gi = f"{k['greedy_in']} / {k['greedy_bound']}" if k else "-"
+            lines.append(f"| {r['backend']} | {rd['strategy']} | {rd['images']} | {rd['seconds']:.3f} | {rd['picks']} | "
+                         f"{'-' if pk is None else f'{pk:.0f}'} | {k.get('batches', '-')} | {k.get('candidates', '-')} | "
+                         f"{gi} | {k.get('host_reads', '-')} | {'-' if rd['torch_syncs_seen'] is None else rd['torch_syncs_seen']} |")
     if data.get("steps"):
         lines += ["", "## gpu_check.sh steps before the benchmark", "", "```", data["steps"].rstrip(), "```"]
     return "\n".join(lines) + "\n"

@@ -38,9 +38,10 @@ def test_tiny_mode_runs_and_writes_results(tmp_path):
         assert r["check"]["ok"], r["check"]
         assert len(r["latency"]) == 4 and all(row["ms_per_image"] > 0 for row in r["latency"])
         if r["backend"] != "reference":
-            assert r["round"]["images"] == 6 and r["round"]["picks"] > 0
+            assert [rd["strategy"] for rd in r["rounds"]] == ["cbda", "ra"]
+            assert all(rd["images"] == 6 and rd["picks"] > 0 for rd in r["rounds"])
     md = (tmp_path / files[1]).read_text()
-    assert "| backend |" in md and "whole round" in md
+    assert "| backend |" in md and "Whole rounds" in md
 
 
 def test_tiny_mode_reports_a_wrong_backend(tmp_path, monkeypatch):

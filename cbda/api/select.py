@@ -13,6 +13,7 @@ from ..errors import InputError, StateError
 from ..scores import ScoreSpec
 from ..selection import Selection
 from . import dispatch
+from .batching import Rebatcher, auto_batch_size, bytes_per_image
 from .validate import (
     check_budget,
     check_heuristic,
@@ -70,6 +71,10 @@ class AcquisitionRound:
     not given). When N is known, ``finish()`` refuses a round that did not see every image
     0..N-1 unless ``subset=True``, and always refuses a round that saw no image.
 
+    Logits are scored in backend batches of ``batch_size`` images (the caller's batches are
+    joined or split; picks do not depend on it). None: on a GPU backend (cuda, triton), as many
+    as fit in the device's free memory (``cbda.api.batching``); elsewhere, as they come.
+
     Sharded (``shard=True`` or a ``process_group``): every rank feeds its own images and
     calls ``finish()`` (also after an error in ``add``: put it in a ``finally``), which agrees
     on success across ranks and returns the same global selection everywhere
@@ -93,6 +98,7 @@ class AcquisitionRound:
         num_images: int | None = None,
         seed: int = 0,
         subset: bool = False,
+        batch_size: int | None = None,
         shard: bool = False,
         process_group=None,
     ):
@@ -111,6 +117,8 @@ class AcquisitionRound:
         if not isinstance(subset, bool):
             raise InputError(f"subset: expected True or False, got {subset!r}")
         self.subset = subset
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        self._rebatch = None
         if backend not in dispatch.BACKEND_NAMES:
             raise InputError(f"backend: expected one of {', '.join(dispatch.BACKEND_NAMES)}, got {backend!r}")
         self.backend = backend
@@ -219,7 +227,27 @@ class AcquisitionRound:
             counts = torch.zeros(num_classes, dtype=torch.int64)
         return compute_class_weights(counts, n * h * w, self.budget, self.round_index, self.rounds, self.goal)
 
-    def _open(self, device: torch.device, dtype: torch.dtype, num_classes: int | None, batch: int):
+    def _rebatcher(self, device, dtype, num_classes, low_size, out_size, module):
+        size = self.batch_size
+        if size is None and getattr(module, "NAME", None) in ("cuda", "triton"):
+            wide = self.spec_heuristic == "ripu_pixel" or self.radius > 2
+            per_image = bytes_per_image(num_classes, low_size, out_size, torch.empty(0, dtype=dtype).element_size(), wide)
+            size = auto_batch_size(device, per_image)
+        return Rebatcher(size) if size is not None else None
+
+    def _feed(self, ids: torch.Tensor, logits: torch.Tensor) -> None:
+        """Hand a validated batch to the backend, re-batched when a batch size applies."""
+        batches = self._rebatch.push(ids, logits) if self._rebatch is not None else [(ids, logits)]
+        for bi, bx in batches:
+            self._acc.add(bi, _prior_picks(self.state, bi), logits=bx)
+
+    def _flush(self) -> None:
+        if self._rebatch is not None:
+            for bi, bx in self._rebatch.flush():
+                self._acc.add(bi, _prior_picks(self.state, bi), logits=bx)
+
+    def _open(self, device: torch.device, dtype: torch.dtype, num_classes: int | None, batch: int,
+              low_size: tuple[int, int] | None = None):
         scope = STRATEGIES[self.strategy][0]
         n = self.num_images
         if n is None and scope != "per_image" or n is None and self.class_balanced and self.user_weights is None:
@@ -248,6 +276,8 @@ class AcquisitionRound:
         plan = RoundPlan(self.strategy, spec, r, (h, w), m if scope == "per_image" else None, total, weights)
         self._module, self._plan, self.num_classes = module, plan, c
         self._acc = module.open_round(plan)
+        if low_size is not None:
+            self._rebatch = self._rebatcher(device, dtype, c, low_size, (h, w), module)
 
     def _check_ids(self, image_ids, batch: int) -> torch.Tensor:
         ids = check_image_ids(image_ids, batch)
@@ -298,9 +328,9 @@ class AcquisitionRound:
         if b == 0:
             return
         if self._acc is None:
-            self._open(logits.device, logits.dtype, c, b)
+            self._open(logits.device, logits.dtype, c, b, (h, w))
         self._check_device(logits.device, "logits")
-        self._acc.add(ids, _prior_picks(self.state, ids), logits=logits)
+        self._feed(ids, logits)
         self._seen.update(ids.tolist())
 
     @_remember_error
@@ -326,6 +356,7 @@ class AcquisitionRound:
                 raise InputError("class_weights: the number of classes is unknown for precomputed scores; pass a state or class_weights")
             self._open(scores.device, torch.float32, c, b)
         self._check_device(scores.device, "scores")
+        self._flush()
         self._acc.add(ids, _prior_picks(self.state, ids), scores=scores.to(torch.float32), labels=labels)
         self._seen.update(ids.tolist())
 
@@ -350,6 +381,7 @@ class AcquisitionRound:
             from ..backends.base import Picks
 
             return Picks.empty(), None
+        self._flush()
         return self._acc.finish(), self._plan.class_weights
 
     def _selection(self, picks, weights) -> Selection:
@@ -415,6 +447,7 @@ def select(
     seed: int = 0,
     commit: bool = True,
     subset: bool = False,
+    batch_size: int | None = None,
     shard: bool = False,
     process_group=None,
 ) -> Selection:
@@ -449,6 +482,9 @@ def select(
             images unnoticed. With it, quotas and class weights still use the whole set's N
             (``da``: K = N·m picks among the images given), so N must be known. A round that
             sees no image always raises.
+        batch_size: images per backend batch (the input's batches are joined or split; picks
+            do not depend on it). None: from the device's free memory on the GPU backends,
+            the batches as given elsewhere.
         shard: the input is this process's shard of the target set: every rank of
             ``process_group`` (default: the initialised default group) calls ``select`` with
             its own images (globally distinct ids; a shard may be empty) and gets the same
@@ -478,7 +514,8 @@ def select(
         rnd = AcquisitionRound(
             budget=budget, rounds=rounds, round_index=round_index, strategy=strategy, heuristic=heuristic,
             radius=radius, out_size=out_size, state=state, goal=goal, class_weights=class_weights,
-            backend=backend, num_images=num_images, seed=seed, subset=subset, process_group=group,
+            backend=backend, num_images=num_images, seed=seed, subset=subset, batch_size=batch_size,
+            process_group=group,
         )
         if not subset:
             rnd._adopt_input_size(given)

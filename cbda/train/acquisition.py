@@ -31,7 +31,8 @@ def run_round(model, loader, state, round_index: int, active: dict, label_size: 
     """Select round `round_index` into `state` and label it from the ground truth.
 
     active: the `active` config section (strategy, budget, rounds, radius, heuristic, backend,
-    goal). gt_lookup(image_id) -> (H, W) uint8 train ids at label_size. With `shard`, `loader`
+    goal, select_batch_size: images per kernel batch, None = from free GPU memory; the model's
+    own forward batches of `batch_size` are joined into those). gt_lookup(image_id) -> (H, W) uint8 train ids at label_size. With `shard`, `loader`
     holds this rank's share of the target images and every rank of the default process group
     must call this together: the selection is merged across ranks (cbda.select(shard=True)) and
     every rank labels it into its own replica of the state. gt_lookup None: the round stays
@@ -45,7 +46,7 @@ def run_round(model, loader, state, round_index: int, active: dict, label_size: 
             strategy=active["strategy"], heuristic=active.get("heuristic", "ripu"),
             radius=int(active.get("radius", 1)), out_size=tuple(label_size), state=state,
             goal=active.get("goal"), backend=active.get("backend", "auto"),
-            num_images=num_images, seed=seed, shard=shard)
+            num_images=num_images, seed=seed, shard=shard, batch_size=active.get("select_batch_size"))
     if gt_lookup is not None:
         state.label_from_ground_truth(gt_lookup, round_index=round_index)
     model.train(was_training)

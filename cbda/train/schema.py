@@ -243,7 +243,8 @@ SCHEMA: dict[str, Any] = {
         "radius": Int(1, lo=0),
         "goal": FloatList(None, nullable=True),
         "backend": Choice(_backends, "auto"),
-        "batch_size": Int(2, lo=1),
+        "batch_size": Int(2, lo=1),          # images per model forward pass of a round
+        "select_batch_size": Int(None, lo=1, nullable=True),  # images per kernel batch; null: from free GPU memory
         "labels": Choice(LABEL_SOURCES, "ground_truth"),
         "export": Field(_export_formats, list(DEFAULT_EXPORT)),
         "image_url": Str(None, nullable=True),
