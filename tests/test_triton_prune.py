@@ -119,6 +119,25 @@ def test_device_blocked_map_equals_the_prior_masks():
     assert _blocked(PriorPicks.empty(3), (H, W), 1, torch.device("cpu")) is None
 
 
+def test_host_to_device_copies_do_not_synchronise(monkeypatch):
+    # a blocking .to(cuda) synchronises the stream after the copy: the driver's copies of the
+    # batch's ids, whole-image flags, prior corners and ranks must be asynchronous
+    from cbda.backends.triton import _on
+
+    seen = []
+    orig = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("non_blocking", False))
+        return orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    t = torch.arange(3)
+    assert _on(t, torch.device("cpu")) is t  # already there: no copy at all
+    assert _on(t, torch.device("meta")).device.type == "meta"
+    assert seen == [True]
+
+
 def _stream(strategy, radius, scores, labels, ids, split, backend, state=None, weights=None, budget=0.2):
     rnd = cbda.AcquisitionRound(budget=budget, rounds=2, strategy=strategy, radius=radius, backend=backend,
                                 num_images=None if state is not None else 4, subset=True, state=state,

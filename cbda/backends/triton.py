@@ -69,8 +69,12 @@ def score(logits, spec, image_ids):
 
 
 def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``; a host-to-device copy at most (never a read back)."""
-    return t if t.device == device else t.to(device)
+    """``t`` on ``device``; a host-to-device copy at most (never a read back).
+
+    ``non_blocking``: a blocking copy to CUDA ends with a stream synchronize (the host would
+    wait for every queued kernel); from pageable memory the asynchronous copy stages the
+    source before returning, so the CPU tensor may go right after."""
+    return t if t.device == device else t.to(device, non_blocking=True)
 
 
 def _blocked(prior, image_size, radius, device) -> torch.Tensor | None:

@@ -533,7 +533,8 @@ def score_maps(
     if b == 0:
         return scores, labels
     ids = image_ids.to(torch.int64)
-    ids = (ids if ids.device == dev else ids.to(dev)).contiguous()  # a copy to the device, never a read back
+    # a copy to the device, never a read back; non_blocking: a blocking one synchronises the stream
+    ids = (ids if ids.device == dev else ids.to(dev, non_blocking=True)).contiguous()
     own_flag = bad_flag is None
     if own_flag:
         bad_flag = torch.zeros(1, dtype=torch.int64, device=dev)
