@@ -146,6 +146,33 @@ def triton_variants(full: bool) -> list[Variant]:
               ("cand_li", "*i64"), ("cand_label", "*i32"), ("cand_count", "*i64"))
     cx = dict(BLOCK=1024, HAS_LABELS=True, HAS_W=True, HAS_BLOCKED=True)
     out.append(Variant("score.emit_kernel", "labels weights blocked", etypes, tuple(cx.items()), 4))
+    out += _select_variants(full)
+    return out
+
+
+def _select_variants(full: bool) -> list[Variant]:
+    """The radix-select pruning kernels (``cbda.triton.select``): the histogram pass over each
+    key word, per image and per batch, the per-segment scan and the compaction."""
+    from .triton.select import DIGIT_BITS
+
+    nb = 1 << DIGIT_BITS
+    # n and H·W arrive as i32 below 2^31 (the JIT's specialisation; the indices are int64 loads)
+    keys = (("score", "*fp32"), ("li", "*i64"), ("rank", "*i64"), ("n", "i32"), ("HW", "i32"), ("state", "*i64"))
+    htypes = keys + (("hist", "*i64"), ("ndone", "*i64"), ("nseg", "i32"), ("shift", "i32"))
+    ktypes = keys[:2] + (("label", "*i32"),) + keys[2:] + (("out_s", "*fp32"), ("out_li", "*i64"),
+                                                          ("out_lab", "*i32"), ("out_count", "*i64"))
+    stypes = (("state", "*i64"), ("hist", "*i64"), ("ndone", "*i64"), ("shift", "i32"))
+    out = []
+    for glob in (True, False):
+        scope = "batch" if glob else "per-image"
+        for word in (0, 1):
+            cx = dict(WORD=word, GLOBAL=glob, BLOCK=1024, NB=nb)
+            out.append(Variant("select.radix_hist_kernel", f"{scope} word={word}", htypes, tuple(cx.items()), 4))
+        out.append(Variant("select.radix_keep_kernel", scope, ktypes, (("GLOBAL", glob), ("BLOCK", 1024)), 4))
+    for word in (0, 1):
+        for first in ((True, False) if full else (word == 0,)):
+            cx = dict(WORD=word, FIRST=first, NB=nb)
+            out.append(Variant("select.radix_scan_kernel", f"word={word} first={first}", stypes, tuple(cx.items()), 1))
     return out
 
 

@@ -50,7 +50,8 @@ def test_every_variant_compiles_for_both_targets(report):
     assert got == want
     kernels = {r["kernel"] for r in report["triton"]}
     assert kernels == {"score.fused_score_kernel", "score.emit_kernel", "greedy.greedy_scan_kernel",
-                       "window.window_score_kernel"}
+                       "window.window_score_kernel", "select.radix_hist_kernel", "select.radix_scan_kernel",
+                       "select.radix_keep_kernel"}
 
 
 def test_no_triton_kernel_spills(report):

@@ -9,7 +9,7 @@ import torch
 from ..scores import ScoreSpec
 
 __all__ = ["RoundPlan", "Picks", "RoundAccumulator", "RoundCounters", "STRATEGIES", "REGION_STRATEGIES", "image_picks",
-           "max_picks_per_image", "exact_means", "greedy_bound"]
+           "max_picks_per_image", "exact_means", "mean_buckets", "means_from_buckets", "greedy_bound"]
 
 #: strategy -> (selection scope, class balanced)
 STRATEGIES = {
@@ -91,17 +91,19 @@ def exact_means(scores: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) float64 CPU tensor.
     """
-    from fractions import Fraction
-
     b = scores.shape[0]
     n = scores[0].numel() if b else 0
-    out = torch.empty(b, dtype=torch.float64)
-    if b == 0:
-        return out
-    if n == 0:
-        return out.fill_(float("nan"))
+    rows = mean_buckets(scores).tolist() if b and n else [[] for _ in range(b)]  # one device read
+    return means_from_buckets(rows, n)
+
+
+def mean_buckets(scores: torch.Tensor) -> torch.Tensor:
+    """The device half of ``exact_means``: (B, 256) int64 exact sums of the mantissas per
+    exponent, on the scores' device (nothing read back; a backend may read them together
+    with its other per-batch words). ``scores``: (B, H, W) float32, H·W > 0."""
+    b = scores.shape[0]
     flat = scores.reshape(b, -1)
-    buckets = []
+    buckets = torch.zeros((b, 256), dtype=torch.int64, device=scores.device)
     for i in range(b):  # one image at a time: O(H·W) int64 temporaries, not O(B·H·W)
         bits = flat[i].to(torch.float32).contiguous().view(torch.int32)
         e = (bits >> 23) & 0xFF
@@ -109,8 +111,18 @@ def exact_means(scores: torch.Tensor) -> torch.Tensor:
         mant = torch.where(e > 0, mant | 0x800000, mant)
         mant = torch.where(bits < 0, -mant, mant)
         e = torch.clamp(e, min=1).to(torch.int64)  # subnormals share the scale of E = 1
-        buckets.append(torch.zeros(256, dtype=torch.int64, device=scores.device).index_add_(0, e, mant))
-    rows = torch.stack(buckets).cpu().tolist()  # one device read for the batch
+        buckets[i].index_add_(0, e, mant)
+    return buckets
+
+
+def means_from_buckets(rows: list[list[int]], n: int) -> torch.Tensor:
+    """The host half of ``exact_means``: (B,) float64 CPU means from the B rows of
+    ``mean_buckets`` (Python ints) of maps with ``n`` = H·W pixels (NaN when n = 0)."""
+    from fractions import Fraction
+
+    out = torch.empty(len(rows), dtype=torch.float64)
+    if n == 0:
+        return out.fill_(float("nan"))
     for i, row in enumerate(rows):
         total = sum(v << (k - 1) for k, v in enumerate(row) if v)  # units of 2^-149
         out[i] = float(Fraction(total, n << 149))

@@ -5,7 +5,8 @@ scanning its unblocked centres in (score desc, index asc) order and keeping a ce
 lies within Chebyshev distance 2r. With a cut-off, the candidates above it give exactly the
 prefix of that sequence above it, which is all a top-K merge needs.
 
-Algorithm. The host sorts the batch's candidates by (image, score desc, index asc) with two
+Algorithm. The driver prunes the batch's candidates to the greedy bound first
+(``cbda.triton.select``), then sorts the kept ones by (image, score desc, index asc) with two
 stable device sorts; then one program per image walks its segment in chunks of CH:
   1. load the chunk's pixels and drop those already blocked in the image's bitmap (one
      gather from global memory per chunk, not per candidate);

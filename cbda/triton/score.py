@@ -31,6 +31,7 @@ import contextlib
 import math
 import os
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -418,9 +419,10 @@ def run_fused(
     ntiles = b * tiles_h * tiles_w
     nprog = _num_programs(ntiles, dev)
     upsample = (H, W) != (h, w)
-    # float32 scale as PyTorch computes it for align_corners=True
-    scale_h = float(torch.tensor((h - 1) / (H - 1) if H > 1 else 0.0, dtype=torch.float32))
-    scale_w = float(torch.tensor((w - 1) / (W - 1) if W > 1 else 0.0, dtype=torch.float32))
+    # float32 scale as PyTorch computes it for align_corners=True (numpy rounds the double to
+    # float32 on the host: no tensor, so nothing a sync probe could mistake for a device read)
+    scale_h = float(np.float32((h - 1) / (H - 1) if H > 1 else 0.0))
+    scale_w = float(np.float32((w - 1) / (W - 1) if W > 1 else 0.0))
     dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
     dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
     dummy_i32 = torch.empty(1, dtype=torch.int32, device=dev)
@@ -434,7 +436,7 @@ def run_fused(
         cut_g = torch.zeros(1, dtype=torch.int64, device=dev)
     else:
         cut_s, cut_g = cutoff
-    seed_mix = int(mix32(torch.tensor(int(seed) & 0xFFFFFFFF, dtype=torch.int64)))
+    seed_mix = int(mix32(int(seed) & 0xFFFFFFFF))  # mix32 is plain integer arithmetic: Python ints work
     if bad_flag is None:
         bad_flag = cand.status.flag if cand is not None else torch.zeros(1, dtype=torch.int64, device=dev)
     with device_guard(dev):
@@ -530,7 +532,9 @@ def score_maps(
     labels = torch.empty((b, H, W), dtype=torch.int64, device=dev)
     if b == 0:
         return scores, labels
-    ids = image_ids.to(device=dev, dtype=torch.int64).contiguous()
+    ids = image_ids.to(torch.int64)
+    # a copy to the device, never a read back; non_blocking: a blocking one synchronises the stream
+    ids = (ids if ids.device == dev else ids.to(dev, non_blocking=True)).contiguous()
     own_flag = bad_flag is None
     if own_flag:
         bad_flag = torch.zeros(1, dtype=torch.int64, device=dev)

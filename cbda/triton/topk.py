@@ -8,8 +8,10 @@ ascending, then, stably, by the score's descending orderable bits. Both passes a
 Streaming (``RoundBuffer``): picks of each batch are appended; when more than 2K have
 accumulated the buffer is sorted and cut back to exactly K, and the cut-off (score and
 global index of the K-th entry) is left in two device scalars that the kernels read, so no
-host round trip is needed for it. Entries with score -inf are padding (the scores
-themselves are finite) and sort after every real entry.
+host round trip is needed for it. Other valid cut-offs (the M-th best candidate of a batch,
+``cbda.triton.select``) are offered with ``raise_cutoff``; the better one stays, on the
+device. Entries with score -inf are padding (the scores themselves are finite) and sort
+after every real entry.
 """
 
 from __future__ import annotations
@@ -80,9 +82,16 @@ class RoundBuffer:
         self.parts = [(s, g, l)]
         self.size = int(s.numel())
         if k > 0 and self.size >= k:
-            # a padding K-th entry (-inf) leaves the cut-off inactive, as it should
-            self.cut_s = s[k - 1 : k].clone()
-            self.cut_g = g[k - 1 : k].clone()
+            # a padding K-th entry (-inf) never beats the current cut-off, as it should not
+            self.raise_cutoff(s[k - 1 : k], g[k - 1 : k])
+
+    def raise_cutoff(self, score: torch.Tensor, gidx: torch.Tensor) -> None:
+        """Offer a valid cut-off ((1,) float32 score, (1,) int64 global index on the device:
+        no final pick is worse than it); it replaces the current one where it is better
+        (higher in the order), by device ops only."""
+        better = (score > self.cut_s) | ((score == self.cut_s) & (gidx < self.cut_g))
+        self.cut_s = torch.where(better, score, self.cut_s)
+        self.cut_g = torch.where(better, gidx, self.cut_g)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real entries in final order, at most K of them."""
