@@ -7,8 +7,9 @@ that the counting rules can be tested on small synthetic listings without nvcc o
 The counting rules (repeated in static_gpu.py's docstring and its .md output):
 
 1. Basic blocks. Leaders: the function's first instruction, every branch target (BRA, BRX,
-   JMP, JMX; BRX targets from nvdisasm's ``BRANCH_TARGETS`` note) and the instruction after a
-   branch, EXIT or RET. CALL does not end a block: a call costs what its callee costs (the
+   JMP, JMX; BRX targets from nvdisasm's ``BRANCH_TARGETS`` note; a CALL to a label of the
+   same function, sm_80's loop exit, is a branch) and the instruction after a branch, EXIT
+   or RET. A CALL of a function does not end a block: it costs what its callee costs (the
    callee's own longest path, loops included). Blocks not reachable from the entry (the
    ``BRA self`` padding after the last EXIT) are ignored.
 2. Edges. An unconditional BRA/JMP has its target only; a predicated one (``@P0 BRA``, a
@@ -178,6 +179,14 @@ def _conditional(ins: Instr) -> bool:
     return bool(re.match(r"^!?U?P[T0-9]+\s*,", ins.args)) and not ins.args.startswith("PT,")
 
 
+def _is_branch(x: Instr, labels: dict) -> bool:
+    """BRA/JMP/BRX/JMX, and a CALL to a label of the same function: sm_80 code leaves loops
+    with ``@P0 CALL.REL.NOINC `(.L_x_n)``, a jump that never returns."""
+    if x.base in _BRANCHES:
+        return True
+    return x.base == "CALL" and bool(x.targets) and all(t in labels for t in x.targets)
+
+
 def build_cfg(func: Function, known_preds: dict | None = None) -> Cfg:
     """Basic blocks and edges of ``func`` (rules 1 and 2). ``known_preds`` maps an
     instruction index to the value (True/False) of its guard predicate where it is known;
@@ -189,10 +198,10 @@ def build_cfg(func: Function, known_preds: dict | None = None) -> Cfg:
     lab = func.labels
     leaders = {0}
     for i, x in enumerate(ins):
-        if x.base in _BRANCHES or x.base in ("EXIT", "RET"):
+        if _is_branch(x, lab) or x.base in ("EXIT", "RET"):
             if i + 1 < len(ins):
                 leaders.add(i + 1)
-            if x.base in _BRANCHES:
+            if _is_branch(x, lab):
                 if x.base in ("BRX", "JMX") and not x.targets:
                     raise CountError(f"{func.name}: indirect branch without known targets at {x.addr:#x}")
                 for t in x.targets:
@@ -207,7 +216,7 @@ def build_cfg(func: Function, known_preds: dict | None = None) -> Cfg:
         last = ins[last_i]
         nxt = at.get(blk.end)
         kp = known_preds.get(last_i)
-        if last.base in _BRANCHES:
+        if _is_branch(last, lab):
             cond = _conditional(last)
             tgts = [at[lab[t]] for t in last.targets]
             if cond and kp is not None and last.pred not in (None, "PT"):
@@ -495,7 +504,7 @@ def propagate(func: Function, known_consts: dict) -> dict:
         blk = cfg.blocks[b]
         for i in range(blk.start, blk.end):
             ins = func.instrs[i]
-            if ins.base in _BRANCHES + ("EXIT",) and ins.pred not in (None, "PT") and ins.pred in preds:
+            if (_is_branch(ins, func.labels) or ins.base == "EXIT") and ins.pred not in (None, "PT") and ins.pred in preds:
                 known[i] = preds[ins.pred]
             _transfer(ins, regs, preds)
     return known
@@ -524,7 +533,8 @@ def _cold_blocks(cfg: Cfg, nodes: list, cold: list, callee_names: set) -> tuple[
         if rule.call:
             rx = re.compile(rule.call)
             for b in nodes:
-                if any(x.base == "CALL" and any(rx.search(t) for t in x.targets) for x in cfg.instrs(b)):
+                if any(x.base == "CALL" and not _is_branch(x, cfg.func.labels) and any(rx.search(t) for t in x.targets)
+                       for x in cfg.instrs(b)):
                     hit.append(b)
         if rule.lines:
             f, lo, hi = rule.line_set()
@@ -584,7 +594,7 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
     callee_cost: dict = {}
     for b in reach:
         for x in cfg.instrs(b):
-            if x.base == "CALL":
+            if x.base == "CALL" and not _is_branch(x, func.labels):
                 for t in x.targets:
                     if t not in funcs:
                         raise CountError(f"{name}: call of unknown {t}")
@@ -599,7 +609,7 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
         w = 0.0
         for x in cfg.instrs(b):
             w += 1
-            if x.base == "CALL":
+            if x.base == "CALL" and not _is_branch(x, func.labels):
                 for t in x.targets:
                     if t not in callee_cost:
                         callee_cost[t] = count_function(funcs, t, trips, env, cold, None, _stack + (name,)).total

@@ -13,16 +13,17 @@ What is compiled. CUDA: nvcc --cubin -arch=sm_XX -O3 -lineinfo of the csrc/cuda 
 Triton: cbda.compile_report's ahead-of-time path (``triton.compile`` for a GPUTarget, the
 specialisation the backend launches), whose cubin keeps Triton's line info. Both are
 disassembled with nvdisasm -c -gi from Triton's bin folder; registers, stack, local and
-shared memory come from ``cuobjdump -res-usage`` of the same cubin, spill bytes from
-``ptxas -v`` (nvcc's for CUDA; cbda.compile_report's ptxas run for Triton).
+local memory come from ``cuobjdump -res-usage`` of the same cubin; spill bytes and static
+shared memory from ``ptxas -v`` (nvcc's for CUDA; cbda.compile_report's ptxas run on
+Triton's PTX, which can differ from Triton's own by a few registers); STL/LDL instructions
+in the SASS are counted too.
 
 How executed instructions are counted (bench/sass_cfg.py has the rules in full):
 1. Basic blocks and the CFG from the SASS (branch targets, BRX targets from nvdisasm's
    BRANCH_TARGETS notes; CALL costs its callee's count).
 2. Guards fixed by the configuration are resolved: kernel parameters that the table marks as
    known (C = 19 for the CUDA kernel's unrolled 32-class loops, the heuristic code) are
-   propagated from their ``c[0x0][...]`` loads through moves to ISETP compares against
-   immediates, along every path (a value survives a join only if all predecessors agree);
+   propagated from their ``c[0x0][...]`` loads (or operands) through moves to ISETP compares, along every path (a value survives a join only if all predecessors agree);
    a branch whose guard is then known keeps one edge.
 3. Loops: natural loops from dominators (irreducible flow is an error). Each loop is mapped
    to its source line via the line info of its back-edge branch (then of its header), every
@@ -83,8 +84,9 @@ class KernelSpec:
     and ``constexprs``/``dtype``/``num_warps`` the launch specialisation.
     ``count``: compute instructions per pixel (then ``outputs``, ``trips`` are required).
     ``env``: (name, expression) pairs evaluated in order over CITYSCAPES.
-    ``known``: (constant-bank offset, expression, reason) of parameters fixed by the
-    configuration. Locations in trips/cold: "file:LINE" or "file:/regex/" (every line of the
+    ``known``: (offset from the first kernel parameter, expression, reason) of 32-bit
+    parameter words fixed by the configuration (the parameters sit in constant bank 0 from
+    PARAM_BASE[arch]). Locations in trips/cold: "file:LINE" or "file:/regex/" (every line of the
     repository's file that matches), ranges "file:A-B" with A, B lines or /regex/."""
 
     name: str
@@ -121,10 +123,10 @@ _TILE_TRIPS = (
              "phase 2: 512 output pixels / 256 threads (unroll 1)"),
 )
 _TILE_KNOWN = (
-    (0x228, "C", "LogitsView.C (TileParams at c[0x0][0x210]: data, dtype, B, C int64): the unrolled CMAX=32 class "
-                 "loops' guards c < C"),
-    (0x22C, "0", "high word of C"),
-    (0x250, "0", "TileParams.heur = kRipu"),
+    (0x18, "C", "LogitsView.C (TileParams starts with the LogitsView: data, dtype, B, C as int64): the unrolled "
+                "CMAX=32 class loops' guards c < C"),
+    (0x1C, "0", "high word of C"),
+    (0x40, "0", "TileParams.heur = kRipu"),
 )
 _TILE_COLD = (
     _DIV_SLOW,
@@ -184,6 +186,10 @@ ARCH_LIMITS = {
 }
 
 
+#: where the kernel parameters start in constant bank 0 (``c[0x0][...]``)
+PARAM_BASE = {90: 0x210, 80: 0x160}
+
+
 def occupancy(arch: int, regs: int, smem_block: int, threads: int) -> dict:
     """Resident blocks and warps per SM. ``smem_block``: static + dynamic shared memory of
     one block, without the 1 KB the driver reserves per block (added here)."""
@@ -195,7 +201,7 @@ def occupancy(arch: int, regs: int, smem_block: int, threads: int) -> dict:
     need = -(-(smem_block + lim["reserved"]) // lim["smem_unit"]) * lim["smem_unit"]
     by["shared memory"] = lim["smem"] // need if smem_block <= lim["smem_block"] else 0
     blocks = min(by.values())
-    limiter = min(by, key=lambda k: (by[k], k != "registers"))
+    limiter = "+".join(k for k in by if by[k] == blocks)
     return {"blocks": blocks, "warps": blocks * warps_b, "occupancy": round(blocks * warps_b / lim["warps"], 3),
             "limiter": limiter}
 
@@ -395,13 +401,17 @@ def spec_env(spec: KernelSpec, config: dict) -> dict:
     return env
 
 
-def count_sass(text: str, func: str, spec: KernelSpec, config: dict) -> dict:
+def count_sass(text: str, func: str, spec: KernelSpec, config: dict, arch: int = 90) -> dict:
     """The instruction count of one function of a listing under ``spec``'s tables."""
     env = spec_env(spec, config)
     funcs = parse_sass(text)
-    known = {off: int(eval(expr, {"__builtins__": {}}, env)) & 0xFFFFFFFF for off, expr, _ in spec.known}  # noqa: S307
+    known = {PARAM_BASE[arch] + off: int(eval(expr, {"__builtins__": {}}, env)) & 0xFFFFFFFF  # noqa: S307
+             for off, expr, _ in spec.known}
     known = {k: (v - (1 << 32) if v >= 1 << 31 else v) for k, v in known.items()}
     cnt = count_function(funcs, func, resolve_trips(spec.trips), env, resolve_cold(spec.cold), known)
+    if spec.known and cnt.resolved_branches == 0:
+        raise CountError(f"{spec.name}: its known parameters resolved no branch guard (stale offsets in KERNELS, "
+                         f"or the kernel no longer branches on them: drop them)")
     outputs = float(eval(spec.outputs, {"__builtins__": {}, "cdiv": lambda a, b: -(-a // b)}, env))  # noqa: S307
     mult = {}
     loops = []
@@ -437,16 +447,18 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
             raise CountError(f"{spec.name}: symbol /{spec.symbol}/ matches {len(names)} kernels of {spec.source} "
                              f"({', '.join(names) or 'none'}): update KERNELS in bench/static_gpu.py")
         func = names[0]
-        pr = ptx_rows.get(func, {})
+        pr = ptx_rows.get(func)
+        if pr is None:
+            raise CountError(f"{spec.name}: no ptxas -v report for {func}")
         threads, dynamic = spec.threads, 0
-        spill = (pr.get("spill_stores", 0), pr.get("spill_loads", 0))
+        static = pr["smem"]
     else:
         cubin, pr, dynamic, func = compile_triton(spec, arch)
         res = res_usage(cubin)
         threads = spec.num_warps * 32
-        spill = (pr.get("spill_stores", 0), pr.get("spill_loads", 0))
+        static = max(0, pr["smem"] - dynamic)  # compile_report's row adds Triton's dynamic smem
+    spill = (pr["spill_stores"], pr["spill_loads"])
     r = res[func]
-    static = max(0, r["shared"] - ARCH_LIMITS[arch]["reserved"])
     text = disassemble(cubin)
     stl, ldl = _spill_instrs(text, func)
     row.update({"symbol": func, "regs": r["regs"], "stack": r["stack"], "local": r["local"],
@@ -455,7 +467,7 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
                 "at_register_cap": r["regs"] >= ARCH_LIMITS[arch]["max_regs"]})
     row.update(occupancy(arch, r["regs"], static + dynamic, threads))
     if spec.count:
-        row["count"] = count_sass(text, func, spec, config)
+        row["count"] = count_sass(text, func, spec, config, arch)
     return row
 
 
