@@ -285,6 +285,7 @@ class Loop:
     reason: str = ""
     iter_cost: float = 0.0
     cost: float = 0.0
+    graph: tuple = ()
 
     @property
     def depth(self) -> int:
@@ -524,6 +525,8 @@ class Count:
     blocks: int
     instructions: int
     resolved_branches: int = 0
+    by_line: dict = field(default_factory=dict)  # innermost "file:line" -> instructions on the path
+    by_source: dict = field(default_factory=dict)  # outermost (kernel) "file:line" -> instructions
 
 
 def _cold_blocks(cfg: Cfg, nodes: list, cold: list, callee_names: set) -> tuple[set, list]:
@@ -551,6 +554,25 @@ def _cold_blocks(cfg: Cfg, nodes: list, cold: list, callee_names: set) -> tuple[
 
 def _longest(nodes: list, succ: dict, weight: dict, src, targets: set) -> float:
     """Longest node-weighted path src -> any of ``targets`` in a DAG (-inf if none)."""
+    return _longest_table(succ, weight, src, targets).get(src, -math.inf)
+
+
+def _path(succ: dict, weight: dict, src, targets: set) -> list:
+    """The nodes of one longest path src -> a target (empty if none)."""
+    best = _longest_table(succ, weight, src, targets)
+    if best.get(src, -math.inf) == -math.inf:
+        return []
+    path, n = [src], src
+    while True:
+        nxt = [s for s in succ.get(n, ()) if best.get(s, -math.inf) > -math.inf]
+        tail = max((best[s] for s in nxt), default=-math.inf)
+        if n in targets and 0.0 >= tail:
+            return path
+        n = max(nxt, key=lambda s: best[s])
+        path.append(n)
+
+
+def _longest_table(succ: dict, weight: dict, src, targets: set) -> dict:
     order, seen = [], set()
 
     def visit(n):  # iterative post-order
@@ -574,7 +596,7 @@ def _longest(nodes: list, succ: dict, weight: dict, src, targets: set) -> float:
         here = 0.0 if n in targets else -math.inf
         v = max(tail, here)
         best[n] = weight[n] + v if v > -math.inf else -math.inf
-    return best.get(src, -math.inf)
+    return best
 
 
 def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = (), known_consts: dict | None = None,
@@ -683,6 +705,7 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
             last = it
         lp.iter_cost = it
         lp.cost = max(0.0, lp.trips - 1) * it + last if lp.trips >= 1 else lp.trips * last
+        lp.graph = (succ, latches, exiting or latches)
     top = set(nodes) - set().union(*(lp.body for lp in loops)) if loops else set(nodes)
     members = set(nodes)
     nodes_t, succ = graph(None, members)
@@ -699,5 +722,31 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
     total = _longest(list(nodes_t), succ, weight, rep(cfg.entry, None), exits)
     if total == -math.inf:
         raise CountError(f"{name}: no path from the entry to an exit (cold marks cut every path)")
+
+    # where the counted instructions come from: walk the longest paths, loops expanded
+    by_line: dict = {}
+    by_source: dict = {}
+
+    def add(path, mult):
+        for nd in path:
+            if isinstance(nd, Loop):
+                lsucc, lat, ext = nd.graph
+                if nd.trips >= 1:
+                    add(_path(lsucc, weight, nd.header, lat), mult * (nd.trips - 1))
+                    add(_path(lsucc, weight, nd.header, ext), mult)
+                else:
+                    add(_path(lsucc, weight, nd.header, ext), mult * nd.trips)
+                continue
+            for x in cfg.instrs(nd):
+                inner = _loc_key(x.locs[0]) if x.locs else "?"
+                outer = _loc_key(x.locs[-1]) if x.locs else "?"
+                by_line[inner] = by_line.get(inner, 0.0) + mult
+                by_source[outer] = by_source.get(outer, 0.0) + mult
+                if x.base == "CALL" and not _is_branch(x, func.labels):
+                    for t in x.targets:
+                        by_line[f"call {t}"] = by_line.get(f"call {t}", 0.0) + mult * callee_cost[t]
+                        by_source[outer] = by_source.get(outer, 0.0) + mult * callee_cost[t]
+
+    add(_path(succ, weight, rep(cfg.entry, None), exits), 1.0)
     return Count(total, loops, notes, len(nodes), sum(cfg.blocks[b].end - cfg.blocks[b].start for b in nodes),
-                 resolved_branches=len(kp))
+                 resolved_branches=len(kp), by_line=by_line, by_source=by_source)

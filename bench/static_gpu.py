@@ -366,6 +366,15 @@ def _lines_of(base: str, pat: str) -> list:
     return [int(pat)]
 
 
+def _source_text(key: str) -> str:
+    """The text of "file:line" in the repository ('' when unknown)."""
+    base, _, ln = key.rpartition(":")
+    try:
+        return _source_lines(base)[int(ln) - 1].strip()[:90]
+    except (CountError, ValueError, IndexError):
+        return ""
+
+
 def resolve_trips(trips) -> list:
     """TripRules with "file:/regex/" turned into one rule per matching line."""
     out = []
@@ -421,7 +430,12 @@ def count_sass(text: str, func: str, spec: KernelSpec, config: dict, arch: int =
         loops.append({"line": lp.key, "depth": lp.depth, "trips": round(lp.trips, 4), "reason": lp.reason,
                       "iteration": lp.iter_cost, "per_entry": round(lp.cost, 1),
                       "enclosing_trips": round(mult[id(lp)], 4)})
+    def top(d: dict, n: int = 15) -> list:
+        rows = sorted(d.items(), key=lambda kv: -kv[1])[:n]
+        return [{"line": k, "per_pixel": round(v / outputs, 1), "source": _source_text(k)} for k, v in rows]
+
     return {"instructions_per_thread": round(cnt.total, 1), "outputs_per_thread": round(outputs, 4),
+            "by_line": top(cnt.by_line), "by_kernel_line": top(cnt.by_source),
             "instructions_per_pixel": round(cnt.total / outputs, 1),
             "warp_instructions_per_pixel": round(cnt.total / outputs / 32, 2),
             "loops": loops, "cold": [{"reason": r, "blocks": b, "instructions": n} for r, b, n in cnt.cold],
@@ -513,6 +527,11 @@ def render_markdown(data: dict) -> str:
                        f"{lp['per_entry']:.0f} | {lp['enclosing_trips']:g} |")
         for cd in c["cold"]:
             out.append(f"\nCold: {cd['blocks']} blocks, {cd['instructions']} instructions excluded: {cd['reason']}.")
+        for key, title in (("by_line", "innermost source line (inlined helpers by their own line)"),
+                           ("by_kernel_line", "line of the kernel body (helpers charged to their call site)")):
+            out += ["", f"Where the counted instructions come from, by {title}; per output pixel, largest first:", "",
+                    "| line | instr/px | source |", "|---|---:|---|"]
+            out += [f"| {e['line']} | {e['per_pixel']:.0f} | `{e['source']}` |" for e in c[key]]
     out += ["", "## How it counts", "", _how_counted(), ""]
     if data["errors"]:
         out += ["## Errors", ""] + [f"- {e}" for e in data["errors"]]

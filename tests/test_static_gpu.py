@@ -302,3 +302,18 @@ def test_tools_check_is_quiet_without_them(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(FileNotFoundError, match="nvdisasm"):
         sg._tool("nvdisasm")
+
+
+def test_per_line_attribution_sums_to_the_total():
+    text = listing("#k.cu:1", "MOV R0, RZ",
+                   ".L_x_1:", "#k.cu:2", "MOV R2, RZ", "@P3 BRA `(.L_x_s)", *body(4), ".L_x_s:",
+                   ".L_x_2:", "#lib.h:7<k.cu:3", *body(2), "@!P1 BRA `(.L_x_2)",
+                   "#k.cu:2", "IADD3 R0, R0, 0x1, RZ", "@!P0 BRA `(.L_x_1)",
+                   "#k.cu:4", "EXIT")
+    c = count(text, [sc.TripRule("k.cu:2", "3", "outer"), sc.TripRule("lib.h:7", "5", "inner")])
+    assert c.total == 1 + 3 * (2 + 4 + 5 * 3 + 2) + 1
+    assert sum(c.by_line.values()) == pytest.approx(c.total)
+    assert sum(c.by_source.values()) == pytest.approx(c.total)
+    assert c.by_line["lib.h:7"] == pytest.approx(3 * 5 * 3)
+    assert c.by_source["k.cu:3"] == pytest.approx(3 * 5 * 3)
+    assert c.by_line["k.cu:2"] == pytest.approx(3 * (2 + 4 + 2))
