@@ -134,15 +134,16 @@ _TILE_COLD = (
              lines="scores.cu:/case kEntropyRaw: v = st.ent/-/default: v = random_score/"),
 )
 
-_FUSED_ENV = (("HB", "16"), ("WB", "64"), ("THREADS", "128"), ("TH", "HB - 2 * R"), ("TW", "WB - 2 * R"),
+# HB, WB, NW: the launch's tile (cbda.triton.score.tile_config(R), filled in at compile time)
+_FUSED_ENV = (("THREADS", "32 * NUM_WARPS"), ("TH", "HB - 2 * R"), ("TW", "WB - 2 * R"),
               ("TILES", "B * cdiv(H, TH) * cdiv(W, TW) / (8 * SMS)"))
 _FUSED_TRIPS = (
     TripRule("score.py:/for t in range\\(pid, ntiles, nprog\\)/", "TILES",
              "persistent grid of 8 programs per SM: B x tiles / (8 x 132) tiles per program (average)"),
     TripRule("score.py:/for c in range\\(C\\)/", "C", "one iteration per class (pass 1, pass 2, window impurity)"),
 )
-_FUSED_CX = dict(HEUR=0, R=1, HB=16, WB=64, NW=16, C_BINS=32, UPSAMPLE=True, HAS_W=True, HAS_BLOCKED=True,
-                 WRITE_MAPS=False, EMIT=True, HIST=True)
+_FUSED_CX = dict(HEUR=0, R=1, HB="tile_config", WB="tile_config", NW="tile_config", C_BINS=32, UPSAMPLE=True,
+                 HAS_W=True, HAS_BLOCKED=True, WRITE_MAPS=False, EMIT=True, HIST=True)
 
 
 def _fused(dtype: str) -> KernelSpec:
@@ -302,6 +303,18 @@ def compile_cuda(source: str, arch: int) -> tuple[str, dict]:
         return cubin, parse_ptxas(f.read())
 
 
+def launch_constexprs(spec: KernelSpec) -> dict:
+    """The spec's constexprs with "tile_config" values replaced by the backend's own choice
+    (cbda.triton.score.tile_config(R): HB, WB, NW), so the report follows the launch."""
+    cx = dict(spec.constexprs)
+    if "tile_config" in cx.values():
+        from cbda.triton.score import tile_config
+
+        hb, wb, nw = tile_config(int(cx["R"]))
+        cx.update({k: v for k, v in (("HB", hb), ("WB", wb), ("NW", nw)) if cx.get(k) == "tile_config"})
+    return cx
+
+
 def _triton_variant(spec: KernelSpec):
     from cbda.compile_report import Variant, _fused_types
 
@@ -312,7 +325,7 @@ def _triton_variant(spec: KernelSpec):
                  ("bitmap", "*u8"), ("H", "i32"), ("W", "i32"), ("HW", "i32"), ("quota", "i32"))
     else:
         raise ValueError(f"{spec.name}: unknown argument table {spec.types!r}")
-    return Variant(spec.source, spec.name, types, spec.constexprs, spec.num_warps)
+    return Variant(spec.source, spec.name, types, tuple(launch_constexprs(spec).items()), spec.num_warps)
 
 
 def compile_triton(spec: KernelSpec, arch: int) -> tuple[str, dict, int, str]:
@@ -404,7 +417,12 @@ def resolve_cold(cold) -> list:
 
 
 def spec_env(spec: KernelSpec, config: dict) -> dict:
+    """The names the tables' expressions use: the configuration, the launch's constexprs
+    (Triton), NUM_WARPS, then ``spec.env`` in order."""
     env = dict(config)
+    if spec.backend == "triton":
+        env.update({k: v for k, v in launch_constexprs(spec).items() if k not in config})
+        env["NUM_WARPS"] = spec.num_warps
     for name, expr in spec.env:
         env[name] = eval(expr, {"__builtins__": {}, "cdiv": lambda a, b: -(-a // b), "min": min, "max": max}, env)  # noqa: S307
     return env
