@@ -315,7 +315,7 @@ def launch_constexprs(spec: KernelSpec) -> dict:
     return cx
 
 
-def _triton_variant(spec: KernelSpec):
+def _triton_variant(spec: KernelSpec, config: dict = CITYSCAPES):
     from cbda.compile_report import Variant, _fused_types
 
     if spec.types == "fused":
@@ -325,16 +325,28 @@ def _triton_variant(spec: KernelSpec):
                  ("bitmap", "*u8"), ("H", "i32"), ("W", "i32"), ("HW", "i32"), ("quota", "i32"))
     else:
         raise ValueError(f"{spec.name}: unknown argument table {spec.types!r}")
-    return Variant(spec.source, spec.name, types, tuple(launch_constexprs(spec).items()), spec.num_warps)
+    # follow the kernel's signature: an argument that is constexpr there takes its value from
+    # the spec or the configuration (C may be either, depending on the kernel's version)
+    import importlib
+
+    mod, fn_name = spec.source.rsplit(".", 1)
+    fn = getattr(importlib.import_module(f"cbda.triton.{mod}"), fn_name)
+    cx_names = {p.name for p in fn.params if p.is_constexpr}
+    cx = launch_constexprs(spec)
+    for name in cx_names - set(cx):
+        if name in config:
+            cx[name] = config[name]
+    types = tuple((n, t) for n, t in types if n not in cx_names)
+    return Variant(spec.source, spec.name, types, tuple(cx.items()), spec.num_warps)
 
 
-def compile_triton(spec: KernelSpec, arch: int) -> tuple[str, dict, int, str]:
+def compile_triton(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> tuple[str, dict, int, str]:
     """(cubin path, ptxas -v row, dynamic shared bytes, kernel name) of a Triton spec."""
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from cbda.compile_report import compile_triton as report_row, compile_triton_kernel
 
-    v = _triton_variant(spec)
+    v = _triton_variant(spec, config)
     k = compile_triton_kernel(v, arch)
     blob = k.asm["cubin"]
     d = os.path.join(cache_dir(), "triton")
@@ -477,7 +489,8 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
         names = [n for n in res if re.search(spec.symbol, n)]
         if len(names) != 1:
             raise CountError(f"{spec.name}: symbol /{spec.symbol}/ matches {len(names)} kernels of {spec.source} "
-                             f"({', '.join(names) or 'none'}): update KERNELS in bench/static_gpu.py")
+                             f"({', '.join(names) or 'none'}); its kernels: {', '.join(sorted(res))}. "
+                             f"Update KERNELS in bench/static_gpu.py")
         func = names[0]
         pr = ptx_rows.get(func)
         if pr is None:
@@ -485,7 +498,7 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
         threads, dynamic = spec.threads, 0
         static = pr["smem"]
     else:
-        cubin, pr, dynamic, func = compile_triton(spec, arch)
+        cubin, pr, dynamic, func = compile_triton(spec, arch, config)
         res = res_usage(cubin)
         threads = spec.num_warps * 32
         static = max(0, pr["smem"] - dynamic)  # compile_report's row adds Triton's dynamic smem
