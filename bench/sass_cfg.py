@@ -28,7 +28,8 @@ The counting rules (repeated in static_gpu.py's docstring and its .md output):
 5. Cost, innermost loop first: inner loops collapse to one node weighted by their cost; without
    the back edges the body is a DAG; ``iter`` = the longest path header -> a latch, ``last`` =
    the longest path header -> a block that leaves the loop; cost = (T - 1)·iter + last (for
-   a rotated loop, latch = exit: T·iter). The function's count is the longest path entry ->
+   a rotated loop, latch = exit: T·iter); a fractional T < 1 (a warp-average: a loop only
+   some warps enter) costs T·last. The function's count is the longest path entry ->
    an exit over the DAG with its outermost loops collapsed.
 6. Longest path: at every branch that is not a loop back edge the longer side is counted, so
    the count is an upper bound for one thread. Blocks can be excluded ("cold") only with a

@@ -23,13 +23,16 @@ How executed instructions are counted (bench/sass_cfg.py has the rules in full):
    BRANCH_TARGETS notes; CALL costs its callee's count).
 2. Guards fixed by the configuration are resolved: kernel parameters that the table marks as
    known (C = 19 for the CUDA kernel's unrolled 32-class loops, the heuristic code) are
-   propagated from their ``c[0x0][...]`` loads (or operands) through moves to ISETP compares, along every path (a value survives a join only if all predecessors agree);
-   a branch whose guard is then known keeps one edge.
+   propagated from their ``c[0x0][...]`` loads (or operands) through moves to ISETP
+   compares, along every path (a value survives a join only if all predecessors agree); a
+   branch whose guard is then known keeps one edge.
 3. Loops: natural loops from dominators (irreducible flow is an error). Each loop is mapped
    to its source line via the line info of its back-edge branch (then of its header), every
    inline frame, innermost first; its trip count T (executions of the header per entry)
    comes from the kernel's table below, an expression with a one-line reason. A loop with no
-   table entry is an error, never counted once.
+   table entry is an error, never counted once. Counts are SIMT (per warp): a loop that
+   threads stride through (``for (i = tid; i < N; i += threads)``) has T = its
+   warp-iterations / warps, which can be a fraction (then cost = T x the exit path).
 4. Cost per thread: innermost loops first; a loop = (T - 1) x (longest path header -> latch)
    + (longest path header -> exit), inner loops collapsed to their cost; the kernel = the
    longest path entry -> exit. At every other branch the longer side counts: an upper bound.
@@ -37,9 +40,9 @@ How executed instructions are counted (bench/sass_cfg.py has the rules in full):
    of other heuristics), listed in the report.
 5. Every instruction on the path counts one, predicated or not (it is issued).
 6. Per pixel: the per-thread count divided by the output pixels one thread produces in the
-   counted unit (CUDA: one 16x32 tile, 2 pixels a thread; Triton: its persistent loop over
-   tiles, interior pixels / threads per tile). Per-thread instructions are SIMT counts: the
-   warp-instructions per pixel are the same number / 32.
+   counted unit (the table's ``outputs``; before issue 15: CUDA one 16x32 tile, 2 pixels a
+   thread; Triton its persistent loop, tiles per program x interior pixels / threads).
+   Per-thread instructions are SIMT counts: warp-instructions per pixel = the same / 32.
 
 Occupancy on sm_90 (and sm_80): 64K registers per SM allocated per warp in units of 256,
 228 KB (sm_80: 164 KB) shared memory per SM with 1 KB reserved per block, at most 64 warps
@@ -98,6 +101,7 @@ class KernelSpec:
     types: str = ""  # triton: which argument table (compile_report's)
     num_warps: int = 4
     threads: int = 0  # CUDA: threads per block of the launch
+    smem_dynamic: str = "0"  # CUDA: dynamic shared memory of the launch (bytes), an expression
     count: bool = False
     env: tuple = ()
     outputs: str = ""
@@ -495,7 +499,9 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
         pr = ptx_rows.get(func)
         if pr is None:
             raise CountError(f"{spec.name}: no ptxas -v report for {func}")
-        threads, dynamic = spec.threads, 0
+        threads = spec.threads
+        dynamic = int(eval(spec.smem_dynamic, {"__builtins__": {}, "cdiv": lambda a, b: -(-a // b)},  # noqa: S307
+                           spec_env(spec, config)))
         static = pr["smem"]
     else:
         cubin, pr, dynamic, func = compile_triton(spec, arch, config)
@@ -563,7 +569,10 @@ def render_markdown(data: dict) -> str:
             out += ["", f"Where the counted instructions come from, by {title}; per output pixel, largest first:", "",
                     "| line | instr/px | source |", "|---|---:|---|"]
             out += [f"| {e['line']} | {e['per_pixel']:.0f} | `{e['source']}` |" for e in c[key]]
-    out += ["", "## How it counts", "", _how_counted(), ""]
+    import sass_cfg
+
+    rules = sass_cfg.__doc__[sass_cfg.__doc__.index("1. Basic blocks"):].strip()
+    out += ["", "## How it counts", "", _how_counted(), "", "### The exact rules (bench/sass_cfg.py)", "", rules, ""]
     if data["errors"]:
         out += ["## Errors", ""] + [f"- {e}" for e in data["errors"]]
     return "\n".join(out) + "\n"
