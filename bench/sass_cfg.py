@@ -436,7 +436,8 @@ def _transfer(ins: Instr, regs: dict, preds: dict) -> None:
                 preds.pop(d, None)
                 preds.pop("!" + d, None)
         return
-    if ins.base in ("LDC", "ULDC", "MOV", "UMOV", "IMAD") and not guarded and ".64" not in ins.op:
+    if (ins.base in ("LDC", "ULDC", "MOV", "UMOV") or ins.op in ("IMAD.MOV.U32", "IMAD.MOV")) and not guarded \
+            and ".64" not in ins.op:
         val = None
         if ins.base in ("LDC", "ULDC", "MOV", "UMOV") and len(parts) == 2:
             val = _imm(parts[1], regs)
@@ -447,16 +448,21 @@ def _transfer(ins: Instr, regs: dict, preds: dict) -> None:
         else:
             regs[dst] = val
         return
-    # any other write: the destination (and a 64-bit pair's second register) becomes unknown
-    if dst:
-        for d in re.findall(r"U?R\d+|U?P\d+", dst):
-            regs.pop(d, None)
-            preds.pop(d, None)
-            preds.pop("!" + d, None)
-            m = re.match(r"(U?R)(\d+)", d)
-            if m and (".64" in ins.op or ".WIDE" in ins.op or ins.base in ("LDG", "LDS", "LD", "LDL", "ULDC", "LDC")):
-                for k in range(1, 4):
-                    regs.pop(f"{m.group(1)}{int(m.group(2)) + k}", None)
+    # any other write: the destination (and the rest of a 64/128-bit register group) becomes
+    # unknown; after a predicate destination (SHFL PT, R3, ...) the next operand is one too
+    dsts = [dst]
+    if re.fullmatch(r"!?U?P(T|\d)", dst) and len(parts) > 1:
+        dsts.append(parts[1])
+    wide = any(t in ins.op for t in (".64", ".WIDE", ".128", ".F64")) or ins.base in (
+        "LDG", "LDS", "LD", "LDL", "ULDC", "LDC", "DADD", "DMUL", "DFMA", "DMNMX", "F2F", "I2F", "F2I")
+    for d in (d for x in dsts for d in re.findall(r"U?R\d+|U?P\d+", x)):
+        regs.pop(d, None)
+        preds.pop(d, None)
+        preds.pop("!" + d, None)
+        m = re.match(r"(U?R)(\d+)", d)
+        if m and wide:
+            for k in range(1, 4):
+                regs.pop(f"{m.group(1)}{int(m.group(2)) + k}", None)
     # predicates in the first two operands are destinations (SETP pairs, carries of IADD3,
     # LEA, IMAD.WIDE, ...); R2P writes several
     written = parts[:2] if ins.base != "R2P" else ["P0", "P1", "P2", "P3", "P4", "P5", "P6"]

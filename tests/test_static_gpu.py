@@ -317,3 +317,11 @@ def test_per_line_attribution_sums_to_the_total():
     assert c.by_line["lib.h:7"] == pytest.approx(3 * 5 * 3)
     assert c.by_source["k.cu:3"] == pytest.approx(3 * 5 * 3)
     assert c.by_line["k.cu:2"] == pytest.approx(3 * (2 + 4 + 2))
+
+
+def test_known_value_is_lost_when_a_shuffle_or_wide_op_overwrites_it():
+    base = ["#k.cu:1", "LDC R7, c[0x0][0x228]"]
+    tail = ["ISETP.GE.AND P1, PT, R7, 0x4, PT", "@!P1 BRA `(.L_x_e)", *body(6), ".L_x_e:", "EXIT"]
+    assert count(listing(*base, *tail), known={0x228: 1}).total == 4  # resolved: the 6 skipped
+    for clobber in ("SHFL.IDX PT, R7, R2, 0x0, 0x1f", "IMAD.WIDE.U32 R6, R2, 0x4, R4", "LDG.E.128 R4, desc[UR4][R2.64]"):
+        assert count(listing(*base, clobber, *tail), known={0x228: 1}).total == 5 + 6, clobber
