@@ -514,7 +514,7 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
     r = res[func]
     text = disassemble(cubin)
     stl, ldl = _spill_instrs(text, func)
-    row.update({"symbol": func, "regs": r["regs"], "stack": r["stack"], "local": r["local"],
+    row.update({"symbol": func, "regs": r["regs"], "ptxas_regs": pr.get("regs"), "stack": r["stack"], "local": r["local"],
                 "spill_stores": spill[0], "spill_loads": spill[1], "stl_instructions": stl, "ldl_instructions": ldl,
                 "smem_static": static, "smem_dynamic": dynamic, "threads": threads,
                 "at_register_cap": r["regs"] >= ARCH_LIMITS[arch]["max_regs"]})

@@ -325,3 +325,19 @@ def test_known_value_is_lost_when_a_shuffle_or_wide_op_overwrites_it():
     assert count(listing(*base, *tail), known={0x228: 1}).total == 4  # resolved: the 6 skipped
     for clobber in ("SHFL.IDX PT, R7, R2, 0x0, 0x1f", "IMAD.WIDE.U32 R6, R2, 0x4, R4", "LDG.E.128 R4, desc[UR4][R2.64]"):
         assert count(listing(*base, clobber, *tail), known={0x228: 1}).total == 5 + 6, clobber
+
+
+@needs_tools
+def test_cli_writes_json_and_markdown(tmp_path):
+    import json
+
+    out = tmp_path / "static"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "static_gpu.py"), "--archs", "90",
+                           "--only", "greedy_scan_kernel r=1 global", "--out", str(out)],
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "static.json").read_text())
+    (row,) = data["rows"]
+    assert row["arch"] == "sm_90" and row["regs"] > 0 and row["warps"] > 0 and not data["errors"]
+    md = (tmp_path / "static.md").read_text()
+    assert "greedy_scan_kernel" in md and "## How it counts" in md and "1. Basic blocks" in md
