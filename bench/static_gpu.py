@@ -168,6 +168,13 @@ def _tile(dtype: str, mangled: str) -> KernelSpec:
         note="the fused_candidates launch: heur kRipu, select, class weights, blocked map, cut-off")
 
 
+# Adding or renaming a kernel: add a KernelSpec to KERNELS. For a counted one, run
+#   python bench/static_gpu.py --archs 90 --only "<part of its name>"
+# with trips=() first: every loop it finds is reported unmapped with its source lines
+# (innermost inline frame first); give each a TripRule on that line (a /regex/ on the line's
+# text survives edits) with the trip count per entry and why. A runtime switch on a value the
+# configuration fixes (the dtype, the heuristic) is resolved by ``known`` parameter words
+# when it compiles to compares, or by a ColdRule on the other cases' source lines.
 _GTYPES = "greedy"
 KERNELS: list = [
     _tile("bf16", "13__nv_bfloat16"),
