@@ -645,6 +645,7 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
                     w += callee_cost[t]
         return w
 
+    unmapped = []
     for lp in loops:
         cands = []
         for u in lp.latches:
@@ -655,8 +656,11 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
         if rule is None:
             addr = func.instrs[cfg.blocks[lp.header].start].addr
             seen = ", ".join(dict.fromkeys(_loc_key(c) for c in cands)) or "no line info"
-            raise CountError(f"{name}: loop at {addr:#x} is not in the trip table (its source lines: {seen})")
+            unmapped.append(f"loop at {addr:#x} (its source lines: {seen})")
+            continue
         lp.trips, lp.key, lp.reason = _eval(rule.expr, env), rule.loc, rule.reason
+    if unmapped:
+        raise CountError(f"{name}: not in the trip table: " + "; ".join(unmapped))
 
     owner: dict = {}  # block -> innermost loop
     for lp in loops:  # innermost first
