@@ -761,3 +761,19 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
     add(_path(succ, weight, rep(cfg.entry, None), exits), 1.0)
     return Count(total, loops, notes, len(nodes), sum(cfg.blocks[b].end - cfg.blocks[b].start for b in nodes),
                  resolved_branches=len(kp), by_line=by_line, by_source=by_source)
+
+
+def cfg_mismatches(func: Function, edges: dict) -> list:
+    """Blocks whose successors differ from another CFG of the same code (nvdisasm -bbcfg):
+    ``edges`` maps the address of a block's last instruction to the set of its successors'
+    first addresses (a finer block split elsewhere does not matter: only the ends of our
+    blocks are compared). Returns the differing blocks' last addresses."""
+    cfg = build_cfg(func)
+    bad = []
+    for b in _reachable(cfg, set()):
+        blk = cfg.blocks[b]
+        last = func.instrs[blk.end - 1].addr
+        mine = {func.instrs[cfg.blocks[s].start].addr for s in blk.succs}
+        if mine != edges.get(last, set()):
+            bad.append(last)
+    return bad

@@ -72,7 +72,7 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from sass_cfg import ColdRule, CountError, TripRule, count_function, parse_sass  # noqa: E402
+from sass_cfg import ColdRule, CountError, TripRule, cfg_mismatches, count_function, parse_sass  # noqa: E402
 
 # -- the configuration and the kernel table (edit here) ---------------------------------------------
 
@@ -260,6 +260,47 @@ def disassemble(cubin: str) -> str:
         os.replace(tmp, out)
     with open(out) as f:
         return f.read()
+
+
+def nvdisasm_edges(cubin: str) -> dict:
+    """nvdisasm's own basic-block CFG (``-bbcfg -poff``, cached next to the cubin):
+    {function: {last address of a block: {first addresses of its successors}}}; {} when
+    nvdisasm cannot draw it (it fails on some sm_80 listings)."""
+    out = cubin + ".bbcfg"
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(cubin):
+        proc = subprocess.run([_tool("nvdisasm"), "-bbcfg", "-poff", cubin], capture_output=True, text=True)
+        with open(out + f".{os.getpid()}", "w") as f:
+            f.write(proc.stdout if proc.returncode == 0 else "")
+        os.replace(out + f".{os.getpid()}", out)
+    with open(out) as f:
+        text = f.read()
+    funcs: dict = {}
+    cluster, node, nodes, edges = None, None, {}, []
+    for line in text.splitlines():
+        m = re.match(r'subgraph "cluster_(.+)" \{', line)
+        if m:
+            cluster, nodes, edges = m.group(1), {}, []
+            funcs[cluster] = (nodes, edges)
+            continue
+        m = re.match(r'^"([^"]+)"$', line)
+        if m:
+            node = m.group(1)
+            continue
+        m = re.match(r'\[label="\{(.*)\}"\]$', line)
+        if m and node is not None and cluster is not None:
+            nodes[node] = [int(a, 16) for a in re.findall(r'(?:^|\\l|\|<exit\d+>|<entry>)([0-9a-f]{4,}):\\ ', m.group(1))]
+            continue
+        m = re.match(r'^"([^"]+)":\w+:\w -> "([^"]+)":entry:n', line)
+        if m and cluster is not None:
+            edges.append((m.group(1), m.group(2)))
+    result = {}
+    for name, (nodes, edges) in funcs.items():
+        succ: dict = {}
+        for a, b in edges:
+            if nodes.get(a) and nodes.get(b):
+                succ.setdefault(nodes[a][-1], set()).add(nodes[b][0])
+        result[name] = succ
+    return result
 
 
 _RES = re.compile(r"Function ([^\s:]+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -528,6 +569,14 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
     row.update(occupancy(arch, r["regs"], static + dynamic, threads))
     if spec.count:
         row["count"] = count_sass(text, func, spec, config, arch)
+        edges = nvdisasm_edges(cubin).get(func)
+        if edges is None:
+            row["count"]["cfg_check"] = "n/a (nvdisasm -bbcfg drew no graph)"
+        else:
+            bad = cfg_mismatches(parse_sass(text)[func], edges)
+            row["count"]["cfg_check"] = ("agrees with nvdisasm -bbcfg" if not bad else
+                                         f"differs from nvdisasm -bbcfg at {len(bad)} blocks: "
+                                         + ", ".join(hex(a) for a in bad[:5]))
     return row
 
 
@@ -565,7 +614,7 @@ def render_markdown(data: dict) -> str:
                 f"{c['instructions_per_thread']:.0f} instructions per thread / {c['outputs_per_thread']:.4g} output "
                 f"pixels per thread = **{c['instructions_per_pixel']:.0f} per pixel** "
                 f"({c['static_instructions']} static instructions in {c['blocks']} reachable blocks; "
-                f"{c['resolved_guards']} guards resolved from known parameters).", "",
+                f"{c['resolved_guards']} guards resolved from known parameters). CFG: {c['cfg_check']}.", "",
                 "| loop (source line) | depth | trips T | why | longest iteration | cost per entry | x enclosing trips |",
                 "|---|---:|---:|---|---:|---:|---:|"]
         for lp in c["loops"]:

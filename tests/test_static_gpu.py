@@ -241,6 +241,12 @@ def test_tiny_real_kernel_counts_scale_with_trips(tmp_path):
     assert c20.total - c10.total == pytest.approx(10 * iters)
     with pytest.raises(sc.CountError, match="tiny.cu"):
         sc.count_function(funcs, name, [], {})
+    # our blocks and edges are nvdisasm's own (-bbcfg), and a wrong edge would show
+    edges = sg.nvdisasm_edges(str(cubin))[name]
+    assert sc.cfg_mismatches(funcs[name], edges) == []
+    last = max(edges)
+    broken = {**edges, last: edges[last] | {0}}
+    assert sc.cfg_mismatches(funcs[name], broken) == [last]
     res = sg.res_usage(str(cubin))
     assert res[name]["regs"] > 0 and res[name]["local"] == 0
 
@@ -263,6 +269,8 @@ def test_score_kernels_are_counted_sanely(score_rows):
         assert c["loops"], name  # every loop got a trip count (unmapped ones raise)
         assert 50 < c["instructions_per_pixel"] < 100_000, name
         assert c["instructions_per_pixel"] == pytest.approx(c["instructions_per_thread"] / c["outputs_per_thread"], rel=1e-3)
+        assert c["cfg_check"] == "agrees with nvdisasm -bbcfg", name
+        assert sum(e["per_pixel"] for e in c["by_kernel_line"]) <= c["instructions_per_pixel"] * 1.001
 
 
 @needs_tools
