@@ -244,8 +244,8 @@ def test_tiny_real_kernel_counts_scale_with_trips(tmp_path):
     # our blocks and edges are nvdisasm's own (-bbcfg), and a wrong edge would show
     edges = sg.nvdisasm_edges(str(cubin))[name]
     assert sc.cfg_mismatches(funcs[name], edges) == []
-    last = max(edges)
-    broken = {**edges, last: edges[last] | {0}}
+    last = funcs[name].instrs[sc.build_cfg(funcs[name]).blocks[0].end - 1].addr  # the entry block's end
+    broken = {**edges, last: edges.get(last, set()) | {0x7FF0}}
     assert sc.cfg_mismatches(funcs[name], broken) == [last]
     res = sg.res_usage(str(cubin))
     assert res[name]["regs"] > 0 and res[name]["local"] == 0
