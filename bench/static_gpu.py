@@ -303,6 +303,20 @@ def nvdisasm_edges(cubin: str) -> dict:
     return result
 
 
+_PARSED: dict = {}
+
+
+def parsed(text: str) -> dict:
+    """parse_sass of a listing, remembered for the last few listings (a cubin of many
+    kernels is parsed once per run, not once per question)."""
+    key = hashlib.sha1(text.encode()).hexdigest()
+    if key not in _PARSED:
+        if len(_PARSED) >= 4:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = parse_sass(text)
+    return _PARSED[key]
+
+
 _RES = re.compile(r"Function ([^\s:]+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -497,7 +511,7 @@ def spec_env(spec: KernelSpec, config: dict) -> dict:
 def count_sass(text: str, func: str, spec: KernelSpec, config: dict, arch: int = 90) -> dict:
     """The instruction count of one function of a listing under ``spec``'s tables."""
     env = spec_env(spec, config)
-    funcs = parse_sass(text)
+    funcs = parsed(text)
     known = {PARAM_BASE[arch] + off: int(eval(expr, {"__builtins__": {}}, env)) & 0xFFFFFFFF  # noqa: S307
              for off, expr, _ in spec.known}
     known = {k: (v - (1 << 32) if v >= 1 << 31 else v) for k, v in known.items()}
@@ -528,7 +542,7 @@ def count_sass(text: str, func: str, spec: KernelSpec, config: dict, arch: int =
 
 
 def _spill_instrs(text: str, func: str) -> tuple[int, int]:
-    f = parse_sass(text).get(func)
+    f = parsed(text).get(func)
     if f is None:
         return 0, 0
     return (sum(1 for x in f.instrs if x.base == "STL"), sum(1 for x in f.instrs if x.base == "LDL"))
@@ -573,7 +587,7 @@ def analyse(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> dict:
         if edges is None:
             row["count"]["cfg_check"] = "n/a (nvdisasm -bbcfg drew no graph)"
         else:
-            bad = cfg_mismatches(parse_sass(text)[func], edges)
+            bad = cfg_mismatches(parsed(text)[func], edges)
             row["count"]["cfg_check"] = ("agrees with nvdisasm -bbcfg" if not bad else
                                          f"differs from nvdisasm -bbcfg at {len(bad)} blocks: "
                                          + ", ".join(hex(a) for a in bad[:5]))

@@ -283,7 +283,7 @@ def test_counts_follow_the_class_count():
         if spec.backend == "cuda":
             cubin, _ = sg.compile_cuda(spec.source, 90)
             text = sg.disassemble(cubin)
-            func = next(n for n in sc.parse_sass(text) if __import__("re").search(spec.symbol, n))
+            func = next(n for n in sg.parsed(text) if __import__("re").search(spec.symbol, n))
         else:
             cubin, _, _, func = sg.compile_triton(spec, 90)
             text = sg.disassemble(cubin)
