@@ -224,12 +224,15 @@ def occupancy(arch: int, regs: int, smem_block: int, threads: int) -> dict:
 
 
 def triton_bin() -> str | None:
-    """Triton's CUDA tool folder (nvdisasm, cuobjdump, ptxas) or None."""
-    try:
-        import triton
-    except ImportError:
+    """Triton's CUDA tool folder (nvdisasm, cuobjdump, ptxas) or None. Found without
+    importing triton: the test suite's first import of triton must be its own (the
+    interpreter tests need TRITON_INTERPRET=1 set then)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    d = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    d = os.path.join(list(spec.submodule_search_locations)[0], "backends", "nvidia", "bin")
     return d if os.path.exists(os.path.join(d, "nvdisasm")) else None
 
 
@@ -409,9 +412,11 @@ def _triton_variant(spec: KernelSpec, config: dict = CITYSCAPES):
 
 
 def compile_triton(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> tuple[str, dict, int, str]:
-    """(cubin path, ptxas -v row, dynamic shared bytes, kernel name) of a Triton spec."""
-    os.environ.pop("TRITON_INTERPRET", None)
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    """(cubin path, ptxas -v row, dynamic shared bytes, kernel name) of a Triton spec.
+    Needs a process where triton was not put in interpreter mode (the CLI sees to it)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1: the interpreter cannot compile for a GPU; run bench/static_gpu.py "
+                           "in a process without it")
     from cbda.compile_report import compile_triton as report_row, compile_triton_kernel
 
     v = _triton_variant(spec, config)
@@ -671,11 +676,24 @@ def run(specs, archs, config=CITYSCAPES) -> dict:
 def main(argv=None) -> int:
     import argparse
 
+    # before anything imports triton: compiled mode, and the launch's FP-fusion default
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
     ap = argparse.ArgumentParser(prog="python bench/static_gpu.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write <out>.json and <out>.md")
     ap.add_argument("--archs", default="90,80", help="comma-separated, e.g. 90 (default 90,80)")
-    ap.add_argument("--only", default="", help="substring of kernel names to keep")
+    ap.add_argument("--only", default="", help="keep kernels whose name contains one of these comma-separated parts")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+                    help=f"override a configuration value (repeatable), of {', '.join(CITYSCAPES)}")
     args = ap.parse_args(argv)
+    config = dict(CITYSCAPES)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in CITYSCAPES or not value.strip().lstrip("-").isdigit():
+            print(f"--set: expected NAME=INT with NAME one of {', '.join(CITYSCAPES)}, got {item!r}", file=sys.stderr)
+            return 2
+        config[name] = int(value)
     try:
         archs = [int(a) for a in args.archs.split(",") if a.strip()]
     except ValueError:
@@ -683,7 +701,8 @@ def main(argv=None) -> int:
     if not archs or any(a not in ARCH_LIMITS for a in archs):
         print(f"--archs: expected a comma-separated list of {sorted(ARCH_LIMITS)}, got {args.archs!r}", file=sys.stderr)
         return 2
-    specs = [s for s in KERNELS if args.only in s.name]
+    parts = [p for p in args.only.split(",") if p] or [""]
+    specs = [s for s in KERNELS if any(p in s.name for p in parts)]
     if not specs:
         print(f"--only: no kernel name contains {args.only!r}", file=sys.stderr)
         return 2
@@ -692,7 +711,7 @@ def main(argv=None) -> int:
     if triton_bin() is None or find_nvcc() is None:
         print("skipped: needs triton (its nvdisasm/cuobjdump) and nvcc", file=sys.stderr)
         return 3
-    data = run(specs, archs)
+    data = run(specs, archs, config)
     for r in data["rows"]:
         c = r.get("count")
         extra = f"  {c['instructions_per_pixel']:7.0f} instr/px" if c else ""
