@@ -174,13 +174,20 @@ def test_occupancy_on_sm90():
     assert occupancy(90, 32, 228 * 1024, 128)["blocks"] == 0  # over the per-block maximum
 
 
-def test_table_locations_resolve_by_pattern():
+def test_table_locations_resolve_by_pattern(tmp_path, monkeypatch):
     import static_gpu as sg
 
-    rules = sg.resolve_trips([sc.TripRule("scores.cu:/for \\(int i = tid; i < C; i \\+= kThreads\\)/", "1", "x")])
-    assert len(rules) >= 1 and all(r.loc.startswith("scores.cu:") for r in rules)
+    (tmp_path / "csrc" / "cuda").mkdir(parents=True)
+    (tmp_path / "csrc" / "cuda" / "k.cu").write_text("int a;\nfor (int i = 0; i < C; ++i) {\n}\nfor (int i = 0; i < C; ++i) x();\n")
+    monkeypatch.setattr(sg, "ROOT", str(tmp_path))
+    rules = sg.resolve_trips([sc.TripRule("k.cu:/for \\(int i = 0; i < C/", "C", "x"), sc.TripRule("k.cu:7", "1", "y")])
+    assert [r.loc for r in rules] == ["k.cu:2", "k.cu:4", "k.cu:7"]
+    (cold,) = sg.resolve_cold([sc.ColdRule("z", lines="k.cu:/int a/-/x\\(\\)/")])
+    assert cold.lines == "k.cu:1-4"
     with pytest.raises(sc.CountError, match="no line"):
-        sg.resolve_trips([sc.TripRule("scores.cu:/this text is nowhere/", "1", "x")])
+        sg.resolve_trips([sc.TripRule("k.cu:/this text is nowhere/", "1", "x")])
+    with pytest.raises(sc.CountError, match="no such file"):
+        sg.resolve_trips([sc.TripRule("nothere.cu:/x/", "1", "x")])
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
@@ -294,8 +301,17 @@ def test_counts_follow_the_class_count(score_report, tmp_path):
     per19 = {r["kernel"]: r["count"]["instructions_per_thread"] for r in score_report["rows"]}
     per5 = {r["kernel"]: r["count"]["instructions_per_thread"] for r in small["rows"]}
     assert per5.keys() == per19.keys()
-    for name in per19:
-        assert per5[name] < 0.8 * per19[name], name
+    import re
+
+    import static_gpu as sg
+
+    for spec in (s for s in sg.KERNELS if s.name in per19):
+        # a CUDA kernel instantiated for one C (no C in its tables) counts that instance
+        exprs = [t.expr for t in spec.trips] + [k[1] for k in spec.known]
+        if spec.backend == "triton" or any(re.search(r"\bC\b", e) for e in exprs):
+            assert per5[spec.name] < 0.8 * per19[spec.name], spec.name
+        else:
+            assert per5[spec.name] == per19[spec.name], spec.name
 
 
 @needs_tools
