@@ -3,7 +3,7 @@ occupancy on sm_90, and executed instructions per output pixel of the score kern
 Cityscapes configuration (C = 19, r = 1, logits 256x512 upsampled to 1024x2048, class
 weights, blocked map, cut-off; bf16 and fp32 logits).
 
-    python bench/static_gpu.py --out bench/results/static-gpu-before [--archs 90,80] [--only NAME]
+    python bench/static_gpu.py --out bench/results/static-gpu-before [--archs 90,80] [--only A,B] [--set C=19]
 
 (the default --archs is 90,80; --archs 90 halves the compile time).
 
@@ -14,11 +14,12 @@ What is compiled. CUDA: nvcc --cubin -arch=sm_XX -O3 -lineinfo of the csrc/cuda 
 (cbda.compile_report's nvcc finder and flags), cached by source hash under the temp folder.
 Triton: cbda.compile_report's ahead-of-time path (``triton.compile`` for a GPUTarget, the
 specialisation the backend launches), whose cubin keeps Triton's line info. Both are
-disassembled with nvdisasm -c -gi from Triton's bin folder; registers, stack, local and
-local memory come from ``cuobjdump -res-usage`` of the same cubin; spill bytes and static
+disassembled with nvdisasm -c -gi from Triton's bin folder; registers, stack and local
+memory come from ``cuobjdump -res-usage`` of the same cubin; spill bytes and static
 shared memory from ``ptxas -v`` (nvcc's for CUDA; cbda.compile_report's ptxas run on
 Triton's PTX, which can differ from Triton's own by a few registers); STL/LDL instructions
-in the SASS are counted too.
+in the SASS are counted too. Each counted kernel's CFG is checked against nvdisasm's own
+(``-bbcfg``): the report says whether every block's successors agree.
 
 How executed instructions are counted (bench/sass_cfg.py has the rules in full):
 1. Basic blocks and the CFG from the SASS (branch targets, BRX targets from nvdisasm's
@@ -48,7 +49,7 @@ How executed instructions are counted (bench/sass_cfg.py has the rules in full):
 
 Occupancy on sm_90 (and sm_80): 64K registers per SM allocated per warp in units of 256,
 228 KB (sm_80: 164 KB) shared memory per SM with 1 KB reserved per block, at most 64 warps
-(sm_80: 64) and 32 blocks per SM; resident warps = blocks x warps per block.
+and 32 blocks per SM; resident warps = blocks x warps per block.
 
 Kernels, trip tables and cold rules are in KERNELS below: edit them there when the kernels
 change (a renamed specialisation or a new loop fails loudly).
@@ -65,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

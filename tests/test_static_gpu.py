@@ -4,7 +4,6 @@ small synthetic SASS listings (always), then the real kernels when nvcc and Trit
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
