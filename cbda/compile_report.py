@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-__all__ = ["parse_ptxas", "triton_variants", "compile_triton", "compile_cuda_source", "find_nvcc",
+__all__ = ["parse_ptxas", "triton_variants", "compile_triton", "compile_triton_kernel", "compile_cuda_source", "find_nvcc",
            "triton_ptxas", "ARCHS", "Variant"]
 
 ARCHS = (80, 90)
@@ -190,9 +190,10 @@ def triton_ptxas() -> str | None:
     return shutil.which("ptxas")
 
 
-def compile_triton(v: Variant, arch: int) -> dict:
-    """Compile one variant for sm_<arch> and return its report row (raises on a compile
-    error; ``RuntimeError`` when ptxas cannot assemble the PTX)."""
+def compile_triton_kernel(v: Variant, arch: int):
+    """Triton's compiled kernel of one variant for sm_<arch> (``.asm["ptx"]``,
+    ``.asm["cubin"]`` with Triton's line info, ``.metadata``); raises on a compile error.
+    Also used by bench/static_gpu.py, which disassembles the cubin."""
     import importlib
 
     import triton
@@ -209,8 +210,14 @@ def compile_triton(v: Variant, arch: int) -> dict:
         raise ValueError(f"{v.describe()}: no type or value for {missing}")
     # pointers 16-byte aligned, as torch allocations are (what the JIT specialises on)
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
-    k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                       options={"num_warps": v.num_warps})
+    return triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": v.num_warps})
+
+
+def compile_triton(v: Variant, arch: int) -> dict:
+    """Compile one variant for sm_<arch> and return its report row (raises on a compile
+    error; ``RuntimeError`` when ptxas cannot assemble the PTX)."""
+    k = compile_triton_kernel(v, arch)
     ptx = k.asm["ptx"]
     target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
     ptxas = triton_ptxas()
@@ -241,12 +248,14 @@ def find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
-def compile_cuda_source(nvcc: str, src: str, include: str, out_dir: str, arch: int, host: bool) -> tuple[int, str, list[dict]]:
+def compile_cuda_source(nvcc: str, src: str, include: str, out_dir: str, arch: int, host: bool,
+                        extra: tuple = ()) -> tuple[int, str, list[dict]]:
     """nvcc with -Xptxas -v for sm_<arch>: (return code, stderr, report rows).
 
     ``host=True`` compiles the whole translation unit (host and device code, ``-c``) as the
     build does; ``host=False`` only the device code (``--cubin``), which is what the resource
     report needs and takes a fraction of the time for files with heavy host templates (CUB).
+    ``extra``: more nvcc flags (bench/static_gpu.py adds ``-lineinfo``).
     """
     base = os.path.join(out_dir, f"{os.path.basename(src)}.sm_{arch}")
     common = ["-I", include, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas", "-v"]
@@ -254,7 +263,7 @@ def compile_cuda_source(nvcc: str, src: str, include: str, out_dir: str, arch: i
         cmd = [nvcc, "-c", src, "-o", base + ".o", "-Xcompiler", "-fPIC", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
     else:
         cmd = [nvcc, "--cubin", src, "-o", base + ".cubin", f"-arch=sm_{arch}"]
-    proc = subprocess.run(cmd + common, capture_output=True, text=True)
+    proc = subprocess.run(cmd + common + list(extra), capture_output=True, text=True)
     rows = [{"kernel": name, "variant": os.path.basename(src), "arch": f"sm_{arch}", **rec}
             for name, rec in parse_ptxas(proc.stderr).items()]
     return proc.returncode, proc.stderr, rows
