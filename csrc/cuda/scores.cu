@@ -260,28 +260,21 @@ __global__ void __launch_bounds__(tile::kThreads, kStagedMinBlocks) tile_kernel(
     slot_key = static_cast<uint64_t>(b) << (32 + p.sel.pixbits);
   }
   const float neg_inv_lnc = -pp.inv_lnc;
-  const int tx = tid % t::kTW, gx = x0 + tx;
   uint64_t keys[t::kOutPerThread];
   unsigned takes = 0u;
 #pragma unroll
   for (int k = 0; k < t::kOutPerThread; ++k) {
-    const int ty = tid / t::kTW + k * (t::kThreads / t::kTW);
-    const int gy = y0 + ty;
-    const bool inside = gy < g.H && gx < g.W;
-    const int ci = (ty + R) * WT + tx + R;
-    const int pix = gy * g.W + gx;
-    const int label = t::label_of(s_px[ci].mask | 1u);  // outside: mask 0, any valid label
-    const float score = kPointwise ? s_px[ci].val : t::window_score<R>(s_px, ci, gy, gx, g.H, g.W, neg_inv_lnc);
-    if (!kSelect && inside) {
-      if (p.out_scores != nullptr) p.out_scores[img_base + pix] = score;
-      if (p.out_labels != nullptr) p.out_labels[img_base + pix] = label;
+    const t::OutPixel o = t::output_pixel<R, kPointwise>(tid, k, g, y0, x0, neg_inv_lnc, s_px);
+    if (!kSelect && o.inside) {
+      if (p.out_scores != nullptr) p.out_scores[img_base + o.pix] = o.score;
+      if (p.out_labels != nullptr) p.out_labels[img_base + o.pix] = o.label;
     }
-    if (p.class_counts != nullptr && inside) atomicAdd(&s_hist[label], 1u);
+    if (p.class_counts != nullptr && o.inside) atomicAdd(&s_hist[o.label], 1u);
     if (kSelect) {
-      const float ws = score * s_w[label];
+      const float ws = o.score * s_w[o.label];
       // no short-circuit: one predicated load, no branch
-      const bool take = select & inside & (blocked[inside ? pix : 0] == 0) & beats(ws, pix, cut);
-      keys[k] = slot_key | (static_cast<uint64_t>(~order_bits(ws)) << p.sel.pixbits) | static_cast<uint64_t>(pix);
+      const bool take = select & o.inside & (blocked[o.inside ? o.pix : 0] == 0) & beats(ws, o.pix, cut);
+      keys[k] = slot_key | (static_cast<uint64_t>(~order_bits(ws)) << p.sel.pixbits) | static_cast<uint64_t>(o.pix);
       takes |= (take ? 1u : 0u) << k;
     }
   }
@@ -316,7 +309,7 @@ cudaError_t launch_staged_kernel(const StagedParams& p, dim3 grid, size_t smem, 
 
 template <int C, bool kSelect>
 cudaError_t launch_staged_mode(const StagedParams& p, int radius, dim3 grid, size_t smem, cudaStream_t stream) {
-  if (p.pix.heur != tile::kHeurRipu || radius == 0) return launch_staged_kernel<C, 0, true, kSelect>(p, grid, smem, stream);
+  if (tile::pointwise_variant(p.pix.heur, radius)) return launch_staged_kernel<C, 0, true, kSelect>(p, grid, smem, stream);
   if (radius == 1) return launch_staged_kernel<C, 1, false, kSelect>(p, grid, smem, stream);
   return launch_staged_kernel<C, 2, false, kSelect>(p, grid, smem, stream);
 }

@@ -52,7 +52,8 @@ static_assert(kTH * kTW % kThreads == 0, "whole output pixels per thread");
 #ifndef __CUDA_ARCH__
 struct HostFastError {
   float ex2_rel = 0.f;  // ex2.approx: relative error
-  float lg2_abs = 0.f;  // lg2.approx: absolute error
+  float lg2_abs = 0.f;  // lg2.approx: absolute error (arguments near 1)
+  float lg2_rel = 0.f;  // lg2.approx: relative error (elsewhere)
   float rcp_rel = 0.f;  // rcp.approx: relative error
 };
 inline HostFastError host_fast_error;
@@ -109,7 +110,7 @@ CBDA_HOST_DEVICE float fast_lg2(float x) {
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #else
-  return host_perturb(std::log2(x), x, 0.f, host_fast_error.lg2_abs);
+  return host_perturb(std::log2(x), x, host_fast_error.lg2_rel, host_fast_error.lg2_abs);
 #endif
 }
 
@@ -599,8 +600,9 @@ CBDA_HOST_DEVICE float window_score(const PixelOut* px, int ci, int gy, int gx, 
       sum_u = fadd(sum_u, p.val);  // 0 outside the image
     }
   }
-  const int ny = imin(gy + R, H - 1) - imax(gy - R, 0) + 1;
-  const int nx = imin(gx + R, W - 1) - imax(gx - R, 0) + 1;
+  // in-image window size; pixels past the image (their score is not used) clamp to >= 1
+  const int ny = imax(imin(gy + R, H - 1) - imax(gy - R, 0) + 1, 1);
+  const int nx = imax(imin(gx + R, W - 1) - imax(gx - R, 0) + 1, 1);
   const int n = ny * nx;
   const ImpurityTable& tab = impurity_table();
   WindowCount<R> wc;
@@ -621,6 +623,35 @@ CBDA_HOST_DEVICE float window_score(const PixelOut* px, int ci, int gy, int gx, 
   }
   return fmul(fmul(acc, neg_inv_lnc), fmul(sum_u, tab.inv[n]));
 }
+
+// One output pixel of phase E: thread tid's k-th pixel (a warp is one tile row), its
+// pseudo label and score. Pixels past the image get a valid label and a score to ignore.
+struct OutPixel {
+  int gy, gx, pix;
+  bool inside;
+  int label;
+  float score;
+};
+
+template <int R, bool kPointwise>
+CBDA_HOST_DEVICE OutPixel output_pixel(int tid, int k, const Geom& g, int y0, int x0, float neg_inv_lnc,
+                                       const PixelOut* px) {
+  constexpr int WT = kTW + 2 * R;
+  OutPixel o;
+  const int tx = tid % kTW, ty = tid / kTW + k * (kThreads / kTW);
+  o.gx = x0 + tx;
+  o.gy = y0 + ty;
+  o.inside = o.gy < g.H && o.gx < g.W;
+  o.pix = o.gy * g.W + o.gx;
+  const int ci = (ty + R) * WT + tx + R;
+  o.label = label_of(px[ci].mask | 1u);  // mask 0 past the image: label 0
+  o.score = kPointwise ? px[ci].val : window_score<R>(px, ci, o.gy, o.gx, g.H, g.W, neg_inv_lnc);
+  return o;
+}
+
+// Which kernel variant scores a call: ripu at r = 1, 2 has window statistics; every other
+// heuristic, and ripu at r = 0, is pointwise.
+CBDA_HOST_DEVICE bool pointwise_variant(int heur, int R) { return heur != kHeurRipu || R == 0; }
 
 }  // namespace tile
 }  // namespace cbda
