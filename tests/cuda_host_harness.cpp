@@ -91,7 +91,8 @@ void run(const Input& in, float* scores, int32_t* labels, int* bad_out, int* mis
             if (gy < 0 || gy >= in.H || gx < 0 || gx >= in.W) continue;
             const Tab t = s.rows[hy];
             for (int c = 0; c < in.C; ++c) {
-              const float staged = ffma(t.l0, hrow[t.first + hx + c * WT], fmul(t.l1, hrow[t.second + hx + c * WT]));
+              const int cp = padded(in.C);
+              const float staged = ffma(t.l0, hrow[t.first + hx * cp + c], fmul(t.l1, hrow[t.second + hx * cp + c]));
               const float want = per_pixel_value(img + static_cast<int64_t>(c) * in.h * in.w, g, gy, gx);
               *mismatches += same_value(staged, want) ? 0 : 1;
             }

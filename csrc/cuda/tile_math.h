@@ -17,8 +17,10 @@
 //   E  window   per output pixel: static loads of the (2R+1)^2 window; the window's class
 //               counts by bit-sliced adders over the one-hot masks, impurity from a
 //               precomputed table of q ln(q + eps), uncertainty = window mean.
-// Shared-memory layouts put the class index at a compile-time stride, so every per-class
-// access in D and C is one load at an immediate offset from a per-pixel base.
+// Shared-memory layouts keep a pixel's classes contiguous, padded to 4m words with m odd (20 at
+// C = 19), so the per-class accesses of B, C and D are 16-byte vector loads/stores (4 classes
+// each) at immediate offsets from one per-pixel base, and the 8 lanes of a quarter-warp at
+// consecutive pixels hit distinct banks.
 #pragma once
 
 #include <cmath>
@@ -264,8 +266,20 @@ inline void stage_extent(Geom& g) {
 
 // Dynamic shared memory of a tile (floats): hrow [(nl + 1) rows][C][halo_w] (the last row
 // zeros) and raw [nl][nlx][C].
-CBDA_HOST_DEVICE int hrow_floats(const Geom& g) { return (g.nl + 1) * g.C * halo_w(g.R); }
-CBDA_HOST_DEVICE int raw_floats(const Geom& g) { return g.nl * g.nlx * g.C; }
+CBDA_HOST_DEVICE constexpr int padded(int c) { return ((c + 3) & ~3) | 4; }  // 4m, m odd: see the top
+CBDA_HOST_DEVICE int hrow_floats(const Geom& g) { return (g.nl + 1) * halo_w(g.R) * padded(g.C); }
+CBDA_HOST_DEVICE int raw_floats(const Geom& g) { return g.nl * g.nlx * padded(g.C); }
+
+// 4 classes of a pixel (16-byte aligned in shared memory)
+#if defined(__CUDACC__)
+using Vec4 = float4;
+#else
+struct alignas(16) Vec4 {
+  float x, y, z, w;
+};
+#endif
+CBDA_HOST_DEVICE float& lane(Vec4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+CBDA_HOST_DEVICE float lane(const Vec4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 // Per halo row: hrow offsets (floats) of the two taps and their weights; per halo column:
 // raw offsets (floats, within a staged row) and weights.
@@ -273,6 +287,7 @@ struct Tab {
   int first, second;
   float l0, l1;
 };
+// Shared-memory layouts (floats): hrow [nl + 1][WT][padded(C)], raw [nl][nlx][padded(C)].
 struct PixelOut {  // per halo pixel after phase D
   float val;       // ripu: entropy / ln C; pointwise heuristics: the score
   uint32_t mask;   // 1 << pseudo label; 0 outside the image
@@ -292,7 +307,10 @@ struct Smem {
 template <int C>
 struct Classes {
   static constexpr int kUnroll = C > 0 ? C : kMaxClasses;
+  static constexpr int kQuads = (kUnroll + 3) / 4;
   CBDA_HOST_DEVICE static int count(int runtime) { return C > 0 ? C : runtime; }
+  CBDA_HOST_DEVICE static int pad(int runtime) { return padded(C > 0 ? C : runtime); }
+  CBDA_HOST_DEVICE static bool has(int c, int runtime) { return c < (C > 0 ? C : runtime); }
 };
 
 // ---- phase A: tap tables and the zero row -------------------------------------------------
@@ -305,14 +323,14 @@ static_assert(kColTab >= kTH + 2 * kMaxRadius && kColTab + kTW + 2 * kMaxRadius 
 template <int C, int R>
 CBDA_HOST_DEVICE void phase_tables(int tid, const Geom& g, int y0, int x0, Smem s) {
   constexpr int HT = kTH + 2 * R, WT = kTW + 2 * R;
-  const int nc = Classes<C>::count(g.C);
-  const int row_floats = nc * WT;
+  const int cp = Classes<C>::pad(g.C);
+  const int row_floats = WT * cp;
   const bool row = tid < HT;
   const int j = row ? tid : tid - kColTab;
   if (row || (j >= 0 && j < WT)) {
     const int t0 = row ? y0 : x0, out = row ? g.H : g.W, in = row ? g.h : g.w;
     const float scale = row ? g.rh : g.rw;
-    const int unit = row ? row_floats : nc;  // hrow rows / raw columns
+    const int unit = row ? row_floats : cp;  // hrow rows / raw columns
     const int s0 = first_src(t0, R, in, scale);
     const AxisTap a = axis_tap(imin(imax(t0 - R + j, 0), out - 1), in, scale);
     Tab t;
@@ -332,21 +350,30 @@ CBDA_HOST_DEVICE void phase_tables(int tid, const Geom& g, int y0, int x0, Smem 
 // ---- phase B: the low-res logits of the tile, as float; returns "a NaN/+inf was read" ------
 template <int C, typename T>
 CBDA_HOST_DEVICE bool phase_raw(int tid, const Geom& g, const T* img, int y0, int x0, int R, Smem s) {
-  constexpr int CU = Classes<C>::kUnroll;
-  const int nc = Classes<C>::count(g.C);
+  constexpr int NQ = Classes<C>::kQuads;
+  const int nc = Classes<C>::count(g.C), cp = Classes<C>::pad(g.C);
   const int lr0 = first_src(y0, R, g.h, g.rh), lx0 = first_src(x0, R, g.w, g.rw);
   const int plane = g.h * g.w;
   bool bad = false;
   for (int it = tid; it < g.nl * g.nlx; it += kThreads) {
     const int lr = it / g.nlx, lx = it - lr * g.nlx;
     const int off = imin(lr0 + lr, g.h - 1) * g.w + imin(lx0 + lx, g.w - 1);
-    float* dst = s.raw + it * nc;
+    Vec4* dst = reinterpret_cast<Vec4*>(s.raw + it * cp);
 #pragma unroll
-    for (int c = 0; c < CU; ++c) {
-      if (C > 0 || c < nc) {
-        const float v = load_elem(img + (c * plane + off));
-        bad |= nan_or_pinf(v);
-        dst[c] = v;
+    for (int q = 0; q < NQ; ++q) {
+      if (C > 0 || 4 * q < nc) {
+        Vec4 v4;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int c = 4 * q + i;
+          float v = 0.f;  // padding
+          if (Classes<C>::has(c, nc)) {
+            v = load_elem(img + (c * plane + off));
+            bad |= nan_or_pinf(v);
+          }
+          lane(v4, i) = v;
+        }
+        dst[q] = v4;
       }
     }
   }
@@ -356,18 +383,25 @@ CBDA_HOST_DEVICE bool phase_raw(int tid, const Geom& g, const T* img, int y0, in
 // ---- phase C: horizontally interpolated rows ---------------------------------------------
 template <int C, int R>
 CBDA_HOST_DEVICE void phase_rows(int tid, const Geom& g, Smem s) {
-  constexpr int WT = kTW + 2 * R, CU = Classes<C>::kUnroll;
-  const int nc = Classes<C>::count(g.C);
+  constexpr int WT = kTW + 2 * R, NQ = Classes<C>::kQuads;
+  const int nc = Classes<C>::count(g.C), cp = Classes<C>::pad(g.C);
   for (int it = tid; it < g.nl * WT; it += kThreads) {
     const int lr = it / WT, j = it - lr * WT;
     const Tab t = s.cols[j];
-    const float* row = s.raw + lr * g.nlx * nc;
-    const float* a = row + t.first;
-    const float* b = row + t.second;
-    float* dst = s.hrow + lr * nc * WT + j;
+    const float* row = s.raw + lr * g.nlx * cp;
+    const Vec4* a = reinterpret_cast<const Vec4*>(row + t.first);
+    const Vec4* b = reinterpret_cast<const Vec4*>(row + t.second);
+    Vec4* dst = reinterpret_cast<Vec4*>(s.hrow + (lr * WT + j) * cp);
 #pragma unroll
-    for (int c = 0; c < CU; ++c)
-      if (C > 0 || c < nc) dst[c * WT] = blend_tap(t.l0, a[c], t.l1, b[c]);
+    for (int q = 0; q < NQ; ++q) {
+      if (C > 0 || 4 * q < nc) {
+        const Vec4 a4 = a[q], b4 = b[q];
+        Vec4 o;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) lane(o, i) = blend_tap(t.l0, lane(a4, i), t.l1, lane(b4, i));
+        dst[q] = o;
+      }
+    }
   }
 }
 
@@ -432,11 +466,22 @@ struct Stats {
 //   = ln S - (1/S) sum e ln(e + eps S)   (sum p = 1),
 // one ex2 and one lg2 per class, one rcp and one lg2 per pixel.
 template <int C, bool kWithTop2>
-CBDA_HOST_DEVICE Stats pixel_stats(const float* top, const float* bot, int stride, float l0, float l1, int nc) {
-  constexpr int CU = Classes<C>::kUnroll;
-  float v[CU];
+CBDA_HOST_DEVICE Stats pixel_stats(const float* top, const float* bot, float l0, float l1, int nc) {
+  constexpr int CU = Classes<C>::kUnroll, NQ = Classes<C>::kQuads;
+  float v[4 * NQ];
 #pragma unroll
-  for (int c = 0; c < CU; ++c) v[c] = (C > 0 || c < nc) ? ffma(l0, top[c * stride], fmul(l1, bot[c * stride])) : 0.f;
+  for (int q = 0; q < NQ; ++q) {
+    if (C > 0 || 4 * q < nc) {
+      const Vec4 t4 = reinterpret_cast<const Vec4*>(top)[q], b4 = reinterpret_cast<const Vec4*>(bot)[q];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[4 * q + i] = ffma(l0, lane(t4, i), fmul(l1, lane(b4, i)));
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[4 * q + i] = 0.f;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < CU; ++c) v[c] = (C > 0 || c < nc) ? v[c] : 0.f;
   Stats st;
   float m = v[0], m2 = -INFINITY;
   int lab = 0;
@@ -501,7 +546,7 @@ struct PixelParams {
 template <int C, int R, bool kPointwise>
 CBDA_HOST_DEVICE bool phase_pixels(int tid, const Geom& g, int y0, int x0, const PixelParams& pp, Smem s) {
   constexpr int HT = kTH + 2 * R, WT = kTW + 2 * R, NT = HT * WT;
-  const int nc = Classes<C>::count(g.C);
+  const int nc = Classes<C>::count(g.C), cp = Classes<C>::pad(g.C);
   bool bad = false;
   for (int i = tid; i < NT; i += kThreads) {
     const int hy = i / WT, hx = i - hy * WT;
@@ -509,7 +554,7 @@ CBDA_HOST_DEVICE bool phase_pixels(int tid, const Geom& g, int y0, int x0, const
     PixelOut out{0.f, 0u};
     if (gy >= 0 && gy < g.H && gx >= 0 && gx < g.W) {
       const Tab t = s.rows[hy];
-      const Stats st = pixel_stats<C, kPointwise>(s.hrow + t.first + hx, s.hrow + t.second + hx, WT, t.l0, t.l1, nc);
+      const Stats st = pixel_stats<C, kPointwise>(s.hrow + t.first + hx * cp, s.hrow + t.second + hx * cp, t.l0, t.l1, nc);
       bad |= st.m == -INFINITY;
       float v = fmul(st.ent, pp.inv_lnc);
       if (kPointwise) {
