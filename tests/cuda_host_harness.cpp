@@ -51,15 +51,15 @@ bool same_value(float a, float b) { return a == b || (a != a && b != b); }  // -
 
 template <int C, int R, bool kPointwise, typename T>
 void run(const Input& in, float* scores, int32_t* labels, int* bad_out, int* mismatches) {
-  constexpr int HT = kTH + 2 * R, WT = kTW + 2 * R, NT = HT * WT;
+  constexpr int WT = kTW + 2 * R, NT = (kTH + 2 * R) * WT;
   Geom g{in.H, in.W, in.h, in.w, in.C, R, 0.f, 0.f, 0, 0};
   g.rh = in.H > 1 ? static_cast<float>(in.h - 1) / static_cast<float>(in.H - 1) : 0.f;
   g.rw = in.W > 1 ? static_cast<float>(in.w - 1) / static_cast<float>(in.W - 1) : 0.f;
   stage_extent(g);
-  std::vector<float> hrow(hrow_floats(g)), raw(raw_floats(g));
+  std::vector<Vec4> buf((staged_floats(g) + 3) / 4);  // the kernel's dynamic shared memory
   std::vector<Tab> tab(kColTab + WT);
-  std::vector<PixelOut> px(NT);
-  const Smem s{hrow.data(), raw.data(), tab.data(), tab.data() + kColTab, px.data()};
+  const Smem s = smem_view(reinterpret_cast<float*>(buf.data()), tab.data(), g);
+  float* hrow = s.hrow;
   const float inv_lnc = 1.0f / std::log(static_cast<float>(in.C));
   bool bad = false;
   const int64_t img_elems = static_cast<int64_t>(in.C) * in.h * in.w;
@@ -69,16 +69,14 @@ void run(const Input& in, float* scores, int32_t* labels, int* bad_out, int* mis
     for (int y0 = 0; y0 < in.H; y0 += kTH) {
       for (int x0 = 0; x0 < in.W; x0 += kTW) {
         // poison the staged tiles: a read of something no phase wrote shows up as NaN
-        for (auto& v : hrow) v = NAN;
-        for (auto& v : raw) v = NAN;
-        for (auto& p : px) p = PixelOut{NAN, 0xDEADBEEFu};
+        for (auto& v : buf) v = Vec4{NAN, NAN, NAN, NAN};
         for (int tid = 0; tid < kThreads; ++tid) phase_tables<C, R>(tid, g, y0, x0, s);
         for (int tid = 0; tid < kThreads; ++tid) bad |= phase_raw<C>(tid, g, img, y0, x0, R, s);
         for (int tid = 0; tid < kThreads; ++tid) phase_rows<C, R>(tid, g, s);
         for (int tid = 0; tid < kThreads; ++tid) bad |= phase_pixels<C, R, kPointwise>(tid, g, y0, x0, pp, s);
         for (int tid = 0; tid < kThreads; ++tid) {
           for (int k = 0; k < kOutPerThread; ++k) {
-            const OutPixel o = output_pixel<R, kPointwise>(tid, k, g, y0, x0, -pp.inv_lnc, px.data());
+            const OutPixel o = output_pixel<R, kPointwise>(tid, k, g, y0, x0, -pp.inv_lnc, s.px);
             if (!o.inside) continue;
             const int64_t at = static_cast<int64_t>(b) * in.H * in.W + o.pix;
             scores[at] = o.score;

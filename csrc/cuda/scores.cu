@@ -197,21 +197,20 @@ struct StagedParams {
   SelectArgs sel;
 };
 
-// 4 blocks of 4 warps per SM (at most 128 registers a thread): what the shared memory of a
-// tile at 4x upsampling allows (about 47 KB at C = 19, r = 1). Eight output pixels a thread
-// spread each thread's fixed costs (tables, staging set-up, the warp reservation).
-constexpr int kStagedMinBlocks = 4;
+// 5 blocks of 4 warps per SM (at most 102 registers a thread; r = 2: 4 blocks, 128): what the
+// shared memory of a tile at 4x upsampling allows (about 41 KB at C = 19, r = 1). Eight output
+// pixels a thread spread each thread's fixed costs (tables, staging set-up, the reservation).
+constexpr int kStagedMinBlocks = 5;
 
 // Kernel variants: ripu at r = 1 or 2 (window statistics), or kPointwise (r = 0: every
 // heuristic, ripu included); kSelect: the fused selection epilogue (fused_candidates), else
 // score/label maps (score_maps). Both flags are template parameters so that neither variant
 // carries the other's code.
 template <int C, int R, bool kPointwise, bool kSelect>
-__global__ void __launch_bounds__(tile::kThreads, kStagedMinBlocks) tile_kernel(const StagedParams p) {
+__global__ void __launch_bounds__(tile::kThreads, R == 2 ? kStagedMinBlocks - 1 : kStagedMinBlocks) tile_kernel(const StagedParams p) {
   namespace t = tile;
   constexpr int HT = t::kTH + 2 * R, WT = t::kTW + 2 * R, NT = HT * WT;
-  extern __shared__ float4 s_dyn[];
-  __shared__ t::PixelOut s_px[NT];
+  extern __shared__ float4 s_dyn[];  // t::staged_floats(g) floats: hrow, raw / pixel records
   __shared__ t::Tab s_tab[t::kColTab + WT];
   __shared__ unsigned int s_hist[t::kMaxClasses];
   __shared__ float s_w[t::kMaxClasses];
@@ -221,8 +220,7 @@ __global__ void __launch_bounds__(tile::kThreads, kStagedMinBlocks) tile_kernel(
   const int y0 = blockIdx.y * t::kTH, x0 = blockIdx.x * t::kTW;
   const t::Geom& g = p.g;
   const int nc = t::Classes<C>::count(g.C);
-  float* dyn = reinterpret_cast<float*>(s_dyn);
-  const t::Smem s{dyn, dyn + t::hrow_floats(g), s_tab, s_tab + t::kColTab, s_px};
+  const t::Smem s = t::smem_view(reinterpret_cast<float*>(s_dyn), s_tab, g);
   if (tid < t::kMaxClasses) {
     s_hist[tid] = 0u;
     if (kSelect) s_w[tid] = (p.sel.weights != nullptr && tid < nc) ? p.sel.weights[tid] : 1.0f;
@@ -264,7 +262,7 @@ __global__ void __launch_bounds__(tile::kThreads, kStagedMinBlocks) tile_kernel(
   unsigned takes = 0u;
 #pragma unroll
   for (int k = 0; k < t::kOutPerThread; ++k) {
-    const t::OutPixel o = t::output_pixel<R, kPointwise>(tid, k, g, y0, x0, neg_inv_lnc, s_px);
+    const t::OutPixel o = t::output_pixel<R, kPointwise>(tid, k, g, y0, x0, neg_inv_lnc, s.px);
     if (!kSelect && o.inside) {
       if (p.out_scores != nullptr) p.out_scores[img_base + o.pix] = o.score;
       if (p.out_labels != nullptr) p.out_labels[img_base + o.pix] = o.label;
@@ -323,7 +321,7 @@ cudaError_t launch_staged_c(const StagedParams& p, int radius, dim3 grid, size_t
 // Static shared memory of tile_kernel at radius r (bytes), for the fit test.
 size_t staged_static_smem(int r) {
   using namespace tile;
-  return sizeof(PixelOut) * halo_h(r) * halo_w(r) + sizeof(Tab) * (kColTab + halo_w(r)) +
+  return sizeof(Tab) * (kColTab + halo_w(r)) +
          2 * 4 * kMaxClasses;
 }
 
@@ -338,7 +336,7 @@ bool staged_geometry(const LogitsView& lg, int radius, float rh, float rw, tile:
   *g = tile::Geom{static_cast<int>(lg.H), static_cast<int>(lg.W), static_cast<int>(lg.h), static_cast<int>(lg.w),
                   static_cast<int>(lg.C), radius, rh, rw, 0, 0};
   tile::stage_extent(*g);
-  *smem = sizeof(float) * (static_cast<size_t>(tile::hrow_floats(*g)) + tile::raw_floats(*g));
+  *smem = sizeof(float) * static_cast<size_t>(tile::staged_floats(*g));
   int device = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)

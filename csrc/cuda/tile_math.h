@@ -302,6 +302,20 @@ struct Smem {
   PixelOut* px;
 };
 
+constexpr int kColTab = 64;  // phase A: column table entries start here (Tab tab[kColTab + WT])
+
+// One buffer of staged_floats() floats (16-byte aligned) holds hrow, then raw; the pixel
+// records of phase D reuse raw's space (raw is dead after phase C, a barrier between).
+CBDA_HOST_DEVICE int staged_floats(const Geom& g) {
+  const int px_floats = 2 * halo_h(g.R) * halo_w(g.R);
+  return hrow_floats(g) + imax(raw_floats(g), px_floats);
+}
+
+CBDA_HOST_DEVICE Smem smem_view(float* buf, Tab* tab, const Geom& g) {
+  float* after = buf + hrow_floats(g);
+  return Smem{buf, after, tab, tab + kColTab, reinterpret_cast<PixelOut*>(after)};
+}
+
 // Classes as a template constant (C > 0) or at run time (C == 0, any count <= kMaxClasses,
 // loops predicated to kMaxClasses).
 template <int C>
@@ -317,7 +331,6 @@ struct Classes {
 // Threads [0, HT) fill the row table, threads [kColTab, kColTab + WT) the column table, with
 // one code path (an axis is an axis). Halo rows/columns past the image get a valid clamped
 // entry; phase D skips their pixels.
-constexpr int kColTab = 64;
 static_assert(kColTab >= kTH + 2 * kMaxRadius && kColTab + kTW + 2 * kMaxRadius <= kThreads, "table threads");
 
 template <int C, int R>
