@@ -207,9 +207,10 @@ constexpr int kStagedMinBlocks = 5;
 // score/label maps (score_maps). Both flags are template parameters so that neither variant
 // carries the other's code.
 template <int C, int R, bool kPointwise, bool kSelect>
-__global__ void __launch_bounds__(tile::kThreads, R == 2 ? kStagedMinBlocks - 1 : kStagedMinBlocks) tile_kernel(const StagedParams p) {
+__global__ void __launch_bounds__(tile::kThreads, R == 2 ? kStagedMinBlocks - 1 : kStagedMinBlocks)
+    tile_kernel(const StagedParams p) {
   namespace t = tile;
-  constexpr int HT = t::kTH + 2 * R, WT = t::kTW + 2 * R, NT = HT * WT;
+  constexpr int WT = t::kTW + 2 * R;
   extern __shared__ float4 s_dyn[];  // t::staged_floats(g) floats: hrow, raw / pixel records
   __shared__ t::Tab s_tab[t::kColTab + WT];
   __shared__ unsigned int s_hist[t::kMaxClasses];
@@ -321,8 +322,7 @@ cudaError_t launch_staged_c(const StagedParams& p, int radius, dim3 grid, size_t
 // Static shared memory of tile_kernel at radius r (bytes), for the fit test.
 size_t staged_static_smem(int r) {
   using namespace tile;
-  return sizeof(Tab) * (kColTab + halo_w(r)) +
-         2 * 4 * kMaxClasses;
+  return sizeof(Tab) * (kColTab + halo_w(r)) + 2 * 4 * kMaxClasses;
 }
 
 // The staged kernel's geometry and dynamic shared memory when it can take this call.

@@ -264,8 +264,8 @@ inline void stage_extent(Geom& g) {
   for (int x0 = 0; x0 < g.W; x0 += kTW) g.nlx = imax(g.nlx, src_span(x0, kTW, g.R, g.W, g.w, g.rw));
 }
 
-// Dynamic shared memory of a tile (floats): hrow [(nl + 1) rows][C][halo_w] (the last row
-// zeros) and raw [nl][nlx][C].
+// Dynamic shared memory of a tile (floats): hrow [nl + 1][halo_w][padded(C)] (the last row
+// zeros) and raw [nl][nlx][padded(C)].
 CBDA_HOST_DEVICE constexpr int padded(int c) { return ((c + 3) & ~3) | 4; }  // 4m, m odd: see the top
 CBDA_HOST_DEVICE int hrow_floats(const Geom& g) { return (g.nl + 1) * halo_w(g.R) * padded(g.C); }
 CBDA_HOST_DEVICE int raw_floats(const Geom& g) { return g.nl * g.nlx * padded(g.C); }
@@ -287,7 +287,6 @@ struct Tab {
   int first, second;
   float l0, l1;
 };
-// Shared-memory layouts (floats): hrow [nl + 1][WT][padded(C)], raw [nl][nlx][padded(C)].
 struct PixelOut {  // per halo pixel after phase D
   float val;       // ripu: entropy / ln C; pointwise heuristics: the score
   uint32_t mask;   // 1 << pseudo label; 0 outside the image
