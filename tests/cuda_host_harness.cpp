@@ -111,7 +111,8 @@ void dispatch_r(const Input& in, float* s, int32_t* l, int* bad, int* mm) {
 
 template <typename T>
 void dispatch_c(const Input& in, float* s, int32_t* l, int* bad, int* mm) {
-  if (in.C == 19) dispatch_r<19, T>(in, s, l, bad, mm);  // the kernel's specialisation
+  if (in.C == 19) dispatch_r<19, T>(in, s, l, bad, mm);  // the kernel's specialisations
+  else if (in.C == 16) dispatch_r<16, T>(in, s, l, bad, mm);
   else dispatch_r<0, T>(in, s, l, bad, mm);
 }
 

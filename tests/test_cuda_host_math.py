@@ -111,7 +111,7 @@ SHAPES = [((13, 17), (37, 50)), ((9, 11), (20, 31)), ((16, 16), (64, 64)), ((8, 
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("c", [19, 5, 32])
+@pytest.mark.parametrize("c", [19, 16, 5, 32])
 @pytest.mark.parametrize("radius", [0, 1, 2])
 def test_tiles_match_reference(harness, dtype, c, radius):
     start = (c + radius + DTYPES[dtype]) % len(SHAPES)

@@ -12,7 +12,7 @@
 //   for NaN/+inf), interpolated horizontally once per low-res row and halo column, and
 //   vertically per pixel from shared memory; one ex2 and one lg2 per class and pixel;
 //   window statistics by bit-sliced class counts. Specialised for C = 19 (Cityscapes,
-//   GTAV), any other C <= 32 runs the same code predicated to 32 classes.
+//   GTAV) and C = 16 (SYNTHIA); any other C <= 32 runs the same code predicated to 32.
 // - tile_kernel_generic (any C, any scale): 16x32 tiles, each pixel reads its 4 low-res taps
 //   per class straight from the (B, C, h, w) tensor (neighbours share them through L1/L2).
 // Both give the same pseudo labels (the same interpolation arithmetic, bit for bit).
@@ -414,7 +414,10 @@ cudaError_t score_tiles(const LogitsView& lg, int heuristic, int radius, uint32_
     if (sel != nullptr) sp.sel = *sel;
     const dim3 grid(static_cast<unsigned>((lg.W + tile::kTW - 1) / tile::kTW),
                     static_cast<unsigned>((lg.H + tile::kTH - 1) / tile::kTH), static_cast<unsigned>(lg.B));
+    // class loops unrolled to the exact C for the common label sets: 19 (Cityscapes, GTAV)
+    // and 16 (SYNTHIA); any other C <= 32 runs predicated to 32 classes
     if (lg.C == 19) return launch_staged_c<19>(sp, radius, grid, smem, stream);
+    if (lg.C == 16) return launch_staged_c<16>(sp, radius, grid, smem, stream);
     return launch_staged_c<0>(sp, radius, grid, smem, stream);
   }
   TileParams p{};
