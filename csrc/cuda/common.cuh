@@ -202,7 +202,7 @@ __device__ __forceinline__ bool beats(float score, int64_t gidx, const Cutoff& c
 
 // The cut-off test of one image's pixels with 32-bit pixel indices (pix = y*W + x of image
 // `image_id`, global index gbase + pix): beats(score, gbase + pix, cut) ==
-// beats(score, pix, pix_cutoff(cut, gbase)) for every finite score.
+// beats(score, pix, pix_cutoff(cut, gbase)) for every score but NaN.
 struct PixCutoff {
   float score;
   int lim;  // pixels below lim win a tie

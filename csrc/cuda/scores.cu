@@ -91,6 +91,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel_generic(cons
   }
   __syncthreads();
 
+  const Cutoff cut = p.select ? load_cutoff(p.sel) : Cutoff{};
   // Phase 2: one or two output pixels per thread; a warp is one tile row.
   constexpr int WN = (2 * R + 1) * (2 * R + 1);
 #pragma unroll 1
@@ -164,7 +165,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel_generic(cons
         const int64_t pix = gy * W + gx;
         if (s.blocked[b * H * W + pix] == 0) {
           const float ws = s.weights != nullptr ? score * s.weights[label] : score;
-          if (beats(ws, s.image_ids[b] * H * W + pix, s.cutoff)) {
+          if (beats(ws, s.image_ids[b] * H * W + pix, cut)) {
             take = true;
             key = candidate_key(b, ws, pix, s.pixbits);
           }
