@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels.h"
+#include "tile_math.h"
 
 namespace cbda {
 namespace cuda {
@@ -39,32 +40,22 @@ struct Tap {
 };
 
 __device__ __forceinline__ Tap make_tap(int64_t y, int64_t x, int64_t h, int64_t w, float rh, float rw) {
+  // one definition of the arithmetic for every kernel (tile_math.h: axis_tap, blend)
+  const tile::AxisTap ty = tile::axis_tap(static_cast<int>(y), static_cast<int>(h), rh);
+  const tile::AxisTap tx = tile::axis_tap(static_cast<int>(x), static_cast<int>(w), rw);
   Tap t;
-  const float h1r = rh * static_cast<float>(y);
-  const int64_t h1 = static_cast<int64_t>(h1r);
-  const int64_t h1p = (h1 < h - 1) ? 1 : 0;
-  t.h1l = h1r - static_cast<float>(h1);
-  t.h0l = 1.0f - t.h1l;
-  const float w1r = rw * static_cast<float>(x);
-  const int64_t w1 = static_cast<int64_t>(w1r);
-  const int64_t w1p = (w1 < w - 1) ? 1 : 0;
-  t.w1l = w1r - static_cast<float>(w1);
-  t.w0l = 1.0f - t.w1l;
-  t.o00 = h1 * w + w1;
-  t.o01 = t.o00 + w1p;
-  t.o10 = t.o00 + h1p * w;
-  t.o11 = t.o10 + w1p;
+  t.h0l = ty.l0;
+  t.h1l = ty.l1;
+  t.w0l = tx.l0;
+  t.w1l = tx.l1;
+  t.o00 = static_cast<int64_t>(ty.lo) * w + tx.lo;
+  t.o01 = t.o00 + tx.step;
+  t.o10 = t.o00 + static_cast<int64_t>(ty.step) * w;
+  t.o11 = t.o10 + tx.step;
   return t;
 }
 
-// fma(wa, a, wb·b), except that a tap of weight 0 contributes nothing: a masked class
-// (-inf) of weight 0 then stays out of the value (0·-inf would be NaN). Finite taps give
-// the same value (fma(wa, a, ±0) = wa·a and fma(0, a, wb·b) = wb·b).
-__device__ __forceinline__ float blend(float wa, float a, float wb, float b) {
-  const float only_b = __fmul_rn(wb, b);
-  const float both = __fmaf_rn(wa, a, only_b);
-  return wb == 0.f ? __fmul_rn(wa, a) : (wa == 0.f ? only_b : both);
-}
+using tile::blend;
 
 // NaN or +inf: the logits errors (-inf is a masked class)
 __device__ __forceinline__ bool nan_or_pinf(float v) { return !(v <= 3.402823466e38f) && !(v == -INFINITY); }
@@ -222,6 +213,24 @@ __device__ __forceinline__ Cutoff load_cutoff(const SelectArgs& s) {
   return c;
 }
 
+// The cut-off test of one image's pixels with 32-bit pixel indices (pix = y*W + x of image
+// `image_id`, global index gbase + pix): beats(score, gbase + pix, cut) ==
+// beats(score, pix, pix_cutoff(cut, gbase)) for every score but NaN.
+struct PixCutoff {
+  float score;
+  int lim;  // pixels below lim win a tie
+};
+
+__device__ __forceinline__ PixCutoff pix_cutoff(const Cutoff& cut, int64_t gbase) {
+  if (!cut.active) return PixCutoff{-INFINITY, 0x7FFFFFFF};
+  const int64_t d = cut.gidx - gbase;
+  return PixCutoff{cut.score, d <= 0 ? 0 : (d >= 0x7FFFFFFF ? 0x7FFFFFFF : static_cast<int>(d))};
+}
+
+__device__ __forceinline__ bool beats(float score, int pix, const PixCutoff& c) {
+  return (score > c.score) | ((score == c.score) & (pix < c.lim));  // no branch
+}
+
 __device__ __forceinline__ unsigned lanemask_lt() {
   unsigned m;
   asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
@@ -245,6 +254,26 @@ __device__ __forceinline__ int64_t warp_append(bool take, unsigned long long* to
   base = __shfl_sync(0xFFFFFFFFu, base, leader);
   if (!take) return -1;
   return static_cast<int64_t>(base + __popc(mask & lanemask_lt()));
+}
+
+// Warp-wide reservation of n consecutive slots per lane (any n >= 0; every lane of the full
+// warp calls this): an inclusive scan of n over the lanes, one atomicAdd of the warp's total
+// by the last lane (and on the per-slot counter). Returns this lane's first index.
+__device__ __forceinline__ int64_t warp_reserve(int n, unsigned long long* total, unsigned long long* slot_total) {
+  const int lane = threadIdx.x & 31;
+  int incl = n;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int v = __shfl_up_sync(0xFFFFFFFFu, incl, d);
+    if (lane >= d) incl += v;
+  }
+  unsigned long long base = 0;
+  if (lane == 31 && incl > 0) {
+    base = atomicAdd(total, static_cast<unsigned long long>(incl));
+    if (slot_total != nullptr) atomicAdd(slot_total, static_cast<unsigned long long>(incl));
+  }
+  base = __shfl_sync(0xFFFFFFFFu, base, 31);
+  return static_cast<int64_t>(base) + incl - n;
 }
 
 }  // namespace cuda

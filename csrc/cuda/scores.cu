@@ -1,21 +1,29 @@
-// Fused scoring pass (docs/semantics.md, Scores): one block per 16×32 tile of the label grid.
+// Fused scoring pass (docs/semantics.md, Scores): one block per output tile computes, for the
+// tile plus a halo of r, every pixel's pseudo label and entropy, then each output pixel's
+// score from its window, and ends with whatever the caller asked for: score/label maps,
+// the class histogram (shared-memory counts, one global atomic per class per block), and
+// the warp-aggregated compaction of candidate keys (one atomicAdd per warp) for the
+// streaming selection. The upsampled logits are never materialised.
 //
-// Tiling: the block first computes, for the tile plus a halo of r, every pixel's pseudo
-// label and normalised entropy into shared memory (each halo pixel is recomputed by the
-// neighbouring tile: (16+2r)(32+2r)/512 = 1.2× the taps at r = 1). The upsampled logits
-// are never materialised: each pixel reads its 4 low-res taps per class straight from the
-// (B, C, h, w) tensor, which neighbouring pixels share through L1/L2, so DRAM sees about
-// one read of the logits. Window statistics then come from shared memory only, and the
-// pass ends with whatever the caller asked for: score/label maps, the class histogram
-// (shared-memory counts, one global atomic per class per block), and the warp-aggregated
-// compaction of candidate keys (one atomicAdd per warp) for the streaming selection.
+// Two kernels:
+// - tile_kernel (C <= 32, the staged tiles fit in shared memory; every upsampling case):
+//   32x32 output tiles, the arithmetic of tile_math.h (phases A-E there). The low-res
+//   logits a tile touches are read from global memory once (coalesced, any dtype, checked
+//   for NaN/+inf), interpolated horizontally once per low-res row and halo column, and
+//   vertically per pixel from shared memory; one ex2 and one lg2 per class and pixel;
+//   window statistics by bit-sliced class counts. Specialised for C = 19 (Cityscapes,
+//   GTAV) and C = 16 (SYNTHIA); any other C <= 32 runs the same code predicated to 32.
+// - tile_kernel_generic (any C, any scale): 16x32 tiles, each pixel reads its 4 low-res taps
+//   per class straight from the (B, C, h, w) tensor (neighbours share them through L1/L2).
+// Both give the same pseudo labels (the same interpolation arithmetic, bit for bit).
 #include "common.cuh"
+#include "tile_math.h"
 
 namespace cbda {
 namespace cuda {
 namespace {
 
-constexpr int kTH = 16, kTW = 32, kThreads = 256, kHistMax = 1024;
+constexpr int kTH = 16, kTW = 32, kThreads = 256, kHistMax = 1024;  // generic kernel's tile
 // at least 3 blocks (24 warps) per SM: a register cap of 85 a thread. Without it ptxas picked
 // 64 registers for tile_kernel<T, 32, 1> on sm_90 and spilled 8 bytes (compile-checked in CI)
 constexpr int kMinBlocks = 3;
@@ -39,7 +47,7 @@ struct TileParams {
 };
 
 template <typename T, int CMAX, int R>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel(const TileParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel_generic(const TileParams p) {
   constexpr int HT = kTH + 2 * R, WT = kTW + 2 * R, NT = HT * WT;
   __shared__ float s_val[NT];        // ripu: entropy / ln C; else the pointwise score
   __shared__ uint16_t s_lab[NT];     // pseudo label, kOutside beyond the image
@@ -175,6 +183,169 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) tile_kernel(const TilePa
   }
 }
 
+// ---- the staged kernel --------------------------------------------------------------------
+struct StagedParams {
+  const void* logits;  // (B, C, h, w) contiguous
+  int dtype;
+  tile::Geom g;
+  tile::PixelParams pix;  // image_id filled per block
+  const int64_t* image_ids;
+  float* out_scores;
+  int64_t* out_labels;
+  unsigned long long* class_counts;
+  unsigned int* bad_flag;
+  bool select;
+  SelectArgs sel;
+};
+
+// 5 blocks of 4 warps per SM (at most 102 registers a thread; r = 2: 4 blocks, 128): what the
+// shared memory of a tile at 4x upsampling allows (about 41 KB at C = 19, r = 1). Eight output
+// pixels a thread spread each thread's fixed costs (tables, staging set-up, the reservation).
+constexpr int kStagedMinBlocks = 5;
+
+// Kernel variants: ripu at r = 1 or 2 (window statistics), or kPointwise (r = 0: every
+// heuristic, ripu included); kSelect: the fused selection epilogue (fused_candidates), else
+// score/label maps (score_maps). Both flags are template parameters so that neither variant
+// carries the other's code.
+template <int C, int R, bool kPointwise, bool kSelect>
+__global__ void __launch_bounds__(tile::kThreads, R == 2 ? kStagedMinBlocks - 1 : kStagedMinBlocks)
+    tile_kernel(const StagedParams p) {
+  namespace t = tile;
+  constexpr int WT = t::kTW + 2 * R;
+  extern __shared__ float4 s_dyn[];  // t::staged_floats(g) floats: hrow, raw / pixel records
+  __shared__ t::Tab s_tab[t::kColTab + WT];
+  __shared__ unsigned int s_hist[t::kMaxClasses];
+  __shared__ float s_w[t::kMaxClasses];
+
+  const int tid = threadIdx.x;
+  const int b = blockIdx.z;
+  const int y0 = blockIdx.y * t::kTH, x0 = blockIdx.x * t::kTW;
+  const t::Geom& g = p.g;
+  const int nc = t::Classes<C>::count(g.C);
+  const t::Smem s = t::smem_view(reinterpret_cast<float*>(s_dyn), s_tab, g);
+  if (tid < t::kMaxClasses) {
+    s_hist[tid] = 0u;
+    if (kSelect) s_w[tid] = (p.sel.weights != nullptr && tid < nc) ? p.sel.weights[tid] : 1.0f;
+  }
+
+  t::phase_tables<C, R>(tid, g, y0, x0, s);
+  __syncthreads();
+  const int64_t img_elems = static_cast<int64_t>(nc) * g.h * g.w;
+  bool bad;
+  switch (p.dtype) {  // block-uniform; the only place the element type matters
+    case kFloat32: bad = t::phase_raw<C>(tid, g, static_cast<const float*>(p.logits) + b * img_elems, y0, x0, R, s); break;
+    case kBFloat16: bad = t::phase_raw<C>(tid, g, static_cast<const t::Bf16*>(p.logits) + b * img_elems, y0, x0, R, s); break;
+    default: bad = t::phase_raw<C>(tid, g, static_cast<const t::F16*>(p.logits) + b * img_elems, y0, x0, R, s); break;
+  }
+  __syncthreads();
+  t::phase_rows<C, R>(tid, g, s);
+  __syncthreads();
+  t::PixelParams pp = p.pix;
+  if (kPointwise && pp.heur == t::kHeurRandom) pp.image_id = p.image_ids[b];
+  bad |= t::phase_pixels<C, R, kPointwise>(tid, g, y0, x0, pp, s);
+  if (bad) *p.bad_flag = 1u;  // benign race: every writer stores the same value
+  __syncthreads();
+
+  // Phase E: kOutPerThread output pixels per thread, unrolled (their keys stay in
+  // registers, no branch but the tile edge); a warp is one tile row. The selection appends
+  // a thread's candidates with one warp-wide reservation (one atomicAdd per warp).
+  const int64_t img_base = static_cast<int64_t>(b) * g.H * g.W;
+  const bool select = kSelect && p.sel.whole[b] == 0;  // an image labelled whole has none
+  PixCutoff cut{};
+  uint64_t slot_key = 0;
+  const uint8_t* blocked = nullptr;
+  if (kSelect) {
+    cut = pix_cutoff(load_cutoff(p.sel), p.sel.image_ids[b] * static_cast<int64_t>(g.H) * g.W);
+    blocked = p.sel.blocked + img_base;
+    slot_key = static_cast<uint64_t>(b) << (32 + p.sel.pixbits);
+  }
+  const float neg_inv_lnc = -pp.inv_lnc;
+  uint64_t keys[t::kOutPerThread];
+  unsigned takes = 0u;
+#pragma unroll
+  for (int k = 0; k < t::kOutPerThread; ++k) {
+    const t::OutPixel o = t::output_pixel<R, kPointwise>(tid, k, g, y0, x0, neg_inv_lnc, s.px);
+    if (!kSelect && o.inside) {
+      if (p.out_scores != nullptr) p.out_scores[img_base + o.pix] = o.score;
+      if (p.out_labels != nullptr) p.out_labels[img_base + o.pix] = o.label;
+    }
+    if (p.class_counts != nullptr && o.inside) atomicAdd(&s_hist[o.label], 1u);
+    if (kSelect) {
+      const float ws = o.score * s_w[o.label];
+      // no short-circuit: one predicated load, no branch
+      const bool take = select & o.inside & (blocked[o.inside ? o.pix : 0] == 0) & beats(ws, o.pix, cut);
+      keys[k] = slot_key | (static_cast<uint64_t>(~order_bits(ws)) << p.sel.pixbits) | static_cast<uint64_t>(o.pix);
+      takes |= (take ? 1u : 0u) << k;
+    }
+  }
+  if (kSelect) {
+    int64_t at = warp_reserve(__popc(takes), p.sel.count, p.sel.slot_counts + b);
+#pragma unroll
+    for (int k = 0; k < t::kOutPerThread; ++k) {
+      if ((takes >> k) & 1u) {
+        if (at < p.sel.capacity) p.sel.keys[at] = keys[k];
+        ++at;
+      }
+    }
+  }
+
+  if (p.class_counts != nullptr) {
+    __syncthreads();
+    if (tid < nc && s_hist[tid] != 0u)
+      atomicAdd(&p.class_counts[tid], static_cast<unsigned long long>(s_hist[tid]));
+  }
+}
+
+template <int C, int R, bool kPointwise, bool kSelect>
+cudaError_t launch_staged_kernel(const StagedParams& p, dim3 grid, size_t smem, cudaStream_t stream) {
+  const auto kernel = tile_kernel<C, R, kPointwise, kSelect>;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<grid, tile::kThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int C, bool kSelect>
+cudaError_t launch_staged_mode(const StagedParams& p, int radius, dim3 grid, size_t smem, cudaStream_t stream) {
+  if (tile::pointwise_variant(p.pix.heur, radius)) return launch_staged_kernel<C, 0, true, kSelect>(p, grid, smem, stream);
+  if (radius == 1) return launch_staged_kernel<C, 1, false, kSelect>(p, grid, smem, stream);
+  return launch_staged_kernel<C, 2, false, kSelect>(p, grid, smem, stream);
+}
+
+template <int C>
+cudaError_t launch_staged_c(const StagedParams& p, int radius, dim3 grid, size_t smem, cudaStream_t stream) {
+  if (p.select) return launch_staged_mode<C, true>(p, radius, grid, smem, stream);
+  return launch_staged_mode<C, false>(p, radius, grid, smem, stream);
+}
+
+// Static shared memory of tile_kernel at radius r (bytes), for the fit test.
+size_t staged_static_smem(int r) {
+  using namespace tile;
+  return sizeof(Tab) * (kColTab + halo_w(r)) + 2 * 4 * kMaxClasses;
+}
+
+// The staged kernel's geometry and dynamic shared memory when it can take this call.
+constexpr size_t kMaxStagedSmem = 112 * 1024;  // two blocks per SM at least (228 KB on sm_90)
+
+bool staged_geometry(const LogitsView& lg, int radius, float rh, float rw, tile::Geom* g, size_t* smem) {
+  const int64_t i31 = int64_t{1} << 31;
+  if (lg.C > tile::kMaxClasses || radius > tile::kMaxRadius || lg.H * lg.W >= i31 || lg.C * lg.h * lg.w >= i31 ||
+      (lg.H + tile::kTH - 1) / tile::kTH > 65535)
+    return false;
+  *g = tile::Geom{static_cast<int>(lg.H), static_cast<int>(lg.W), static_cast<int>(lg.h), static_cast<int>(lg.w),
+                  static_cast<int>(lg.C), radius, rh, rw, 0, 0};
+  tile::stage_extent(*g);
+  *smem = sizeof(float) * static_cast<size_t>(tile::staged_floats(*g));
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    return false;
+  const size_t total = *smem + staged_static_smem(radius);
+  return total <= kMaxStagedSmem && total <= static_cast<size_t>(optin);
+}
+
 template <typename T, int CMAX>
 __global__ void labels_at_kernel(LogitsView lg, float rh, float rw, const int64_t* slots,
                                  const int64_t* pix, int64_t n, int64_t* out) {
@@ -196,9 +367,9 @@ float corner_scale(int64_t in, int64_t out) {
 template <typename T, int CMAX>
 void launch_tiles(const TileParams& p, int radius, dim3 grid, cudaStream_t stream) {
   switch (radius) {
-    case 0: tile_kernel<T, CMAX, 0><<<grid, kThreads, 0, stream>>>(p); break;
-    case 1: tile_kernel<T, CMAX, 1><<<grid, kThreads, 0, stream>>>(p); break;
-    default: tile_kernel<T, CMAX, 2><<<grid, kThreads, 0, stream>>>(p); break;
+    case 0: tile_kernel_generic<T, CMAX, 0><<<grid, kThreads, 0, stream>>>(p); break;
+    case 1: tile_kernel_generic<T, CMAX, 1><<<grid, kThreads, 0, stream>>>(p); break;
+    default: tile_kernel_generic<T, CMAX, 2><<<grid, kThreads, 0, stream>>>(p); break;
   }
 }
 
@@ -226,14 +397,38 @@ cudaError_t score_tiles(const LogitsView& lg, int heuristic, int radius, uint32_
   if (sel != nullptr && (sel->keys == nullptr || sel->count == nullptr || sel->slot_counts == nullptr ||
                          sel->blocked == nullptr || sel->whole == nullptr || sel->image_ids == nullptr))
     return cudaErrorInvalidValue;
+  const float rh = corner_scale(lg.h, lg.H), rw = corner_scale(lg.w, lg.W);
+  tile::Geom g{};
+  size_t smem = 0;
+  if (staged_geometry(lg, radius, rh, rw, &g, &smem)) {
+    StagedParams sp{};
+    sp.logits = lg.data;
+    sp.dtype = lg.dtype;
+    sp.g = g;
+    sp.pix = tile::PixelParams{heuristic, 1.0f / logf(static_cast<float>(lg.C)), seed_hash, 0};
+    sp.image_ids = image_ids;
+    sp.out_scores = out_scores;
+    sp.out_labels = out_labels;
+    sp.class_counts = class_counts;
+    sp.bad_flag = bad_flag;
+    sp.select = sel != nullptr;
+    if (sel != nullptr) sp.sel = *sel;
+    const dim3 grid(static_cast<unsigned>((lg.W + tile::kTW - 1) / tile::kTW),
+                    static_cast<unsigned>((lg.H + tile::kTH - 1) / tile::kTH), static_cast<unsigned>(lg.B));
+    // class loops unrolled to the exact C for the common label sets: 19 (Cityscapes, GTAV)
+    // and 16 (SYNTHIA); any other C <= 32 runs predicated to 32 classes
+    if (lg.C == 19) return launch_staged_c<19>(sp, radius, grid, smem, stream);
+    if (lg.C == 16) return launch_staged_c<16>(sp, radius, grid, smem, stream);
+    return launch_staged_c<0>(sp, radius, grid, smem, stream);
+  }
   TileParams p{};
   p.lg = lg;
   p.heur = heuristic;
   p.seed_hash = seed_hash;
   p.image_ids = image_ids;
   p.lnc = logf(static_cast<float>(lg.C));
-  p.rh = corner_scale(lg.h, lg.H);
-  p.rw = corner_scale(lg.w, lg.W);
+  p.rh = rh;
+  p.rw = rw;
   p.out_scores = out_scores;
   p.out_labels = out_labels;
   p.class_counts = class_counts;
