@@ -161,12 +161,40 @@ def _fused(dtype: str) -> KernelSpec:
         note="HEUR ripu, R=1, C_BINS=32, UPSAMPLE, HAS_W, HAS_BLOCKED, EMIT, HIST (the round's launch)")
 
 
-def _tile(dtype: str, mangled: str) -> KernelSpec:
+def _generic(dtype: str, mangled: str) -> KernelSpec:
+    """The pre-issue-15 tile kernel, kept as the fallback (C > 32, or a staged tile past the
+    shared-memory limit: little or no upsampling)."""
     return KernelSpec(
-        f"cuda tile_kernel<{dtype}, CMAX=32, R=1> select", "cuda", "scores.cu",
-        symbol=rf"tile_kernelI{mangled}Li32ELi1EE", dtype=dtype, threads=256, count=True, env=_TILE_ENV,
+        f"cuda tile_kernel_generic<{dtype}, CMAX=32, R=1> select (fallback)", "cuda", "scores.cu",
+        symbol=rf"tile_kernel_genericI{mangled}Li32ELi1EE", dtype=dtype, threads=256, count=True, env=_TILE_ENV,
         outputs="TH * TW / THREADS", trips=_TILE_TRIPS, cold=_TILE_COLD, known=_TILE_KNOWN,
         note="the fused_candidates launch: heur kRipu, select, class weights, blocked map, cut-off")
+
+
+# the staged-tile kernel (csrc/cuda/tile_math.h): 32x32 outputs, 128 threads, 8 pixels each; at
+# Cityscapes' 4x upsampling a tile stages NL x NLX = 10 x 10 low-res pixels; CP = C padded to 4
+_STAGED_ENV = (("TH", "32"), ("TW", "32"), ("THREADS", "128"), ("WARPS", "THREADS // 32"), ("WT", "TW + 2 * R"),
+               ("NT", "(TH + 2 * R) * WT"), ("NL", "10"), ("NLX", "10"), ("CP", "4 * cdiv(C, 4)"),
+               ("DYN", "4 * ((NL + 1) * WT * CP + max(NL * NLX * CP, 2 * NT))"))
+_STAGED_TRIPS = (
+    TripRule("tile_math.h:/for \\(int i = tid; i < row_floats; i \\+= kThreads\\)/", "cdiv(C * WT, 32) / WARPS",
+             "phase A: the zero row (C x WT floats), 128 threads striding: warp-iterations / warps"),
+    TripRule("tile_math.h:/for \\(int it = tid; it < g.nl \\* g.nlx; it \\+= kThreads\\)/", "cdiv(NL * NLX, 32) / WARPS",
+             "phase B: NL x NLX low-res pixels of the tile (10 x 10 at 4x), all classes per iteration"),
+    TripRule("tile_math.h:/for \\(int it = tid; it < g.nl \\* WT; it \\+= kThreads\\)/", "cdiv(NL * WT, 32) / WARPS",
+             "phase C: NL staged rows x WT halo columns, all classes per iteration"),
+    TripRule("tile_math.h:/for \\(int i = tid; i < NT; i \\+= kThreads\\)/", "cdiv(NT, 32) / WARPS",
+             "phase D: the (TH+2R) x (TW+2R) halo tile, 128 threads striding"),
+)
+
+
+def _staged(c: int, select: bool) -> KernelSpec:
+    return KernelSpec(
+        f"cuda tile_kernel<C={c}, R=1> {'select' if select else 'maps'} (longest dtype path)", "cuda", "scores.cu",
+        symbol=rf"tile_kernelILi{c}ELi1ELb0ELb{1 if select else 0}EE", threads=128, count=True, env=_STAGED_ENV,
+        outputs="TH * TW / THREADS", trips=_STAGED_TRIPS, smem_dynamic="DYN",
+        note=("the fused_candidates launch: ripu r=1, class weights, blocked map, cut-off" if select
+              else "the score_maps launch") + "; one kernel for every dtype: the longest of the staging paths")
 
 
 # Adding or renaming a kernel: add a KernelSpec to KERNELS. For a counted one, run
@@ -178,8 +206,10 @@ def _tile(dtype: str, mangled: str) -> KernelSpec:
 # when it compiles to compares, or by a ColdRule on the other cases' source lines.
 _GTYPES = "greedy"
 KERNELS: list = [
-    _tile("bf16", "13__nv_bfloat16"),
-    _tile("fp32", "f"),
+    _staged(19, True),
+    _staged(19, False),
+    _staged(16, True),
+    _generic("bf16", "13__nv_bfloat16"),
     _fused("bf16"),
     _fused("fp32"),
     KernelSpec("cuda greedy_kernel", "cuda", "greedy.cu", symbol=r"greedy_kernel", threads=32),
