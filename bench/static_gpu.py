@@ -165,19 +165,19 @@ def _generic(dtype: str, mangled: str) -> KernelSpec:
     """The pre-issue-15 tile kernel, kept as the fallback (C > 32, or a staged tile past the
     shared-memory limit: little or no upsampling)."""
     return KernelSpec(
-        f"cuda tile_kernel_generic<{dtype}, CMAX=32, R=1> select (fallback)", "cuda", "scores.cu",
+        f"cuda tile_kernel_generic<{dtype}, CMAX=32, R=1> candidates (fallback)", "cuda", "scores.cu",
         symbol=rf"tile_kernel_genericI{mangled}Li32ELi1EE", dtype=dtype, threads=256, count=True, env=_TILE_ENV,
         outputs="TH * TW / THREADS", trips=_TILE_TRIPS, cold=_TILE_COLD, known=_TILE_KNOWN,
         note="the fused_candidates launch: heur kRipu, select, class weights, blocked map, cut-off")
 
 
 # the staged-tile kernel (csrc/cuda/tile_math.h): 32x32 outputs, 128 threads, 8 pixels each; at
-# Cityscapes' 4x upsampling a tile stages NL x NLX = 10 x 10 low-res pixels; CP = C padded to 4
+# Cityscapes' 4x upsampling a tile stages NL x NLX = 10 x 10 low-res pixels; CP = CK padded to 4
 _STAGED_ENV = (("TH", "32"), ("TW", "32"), ("THREADS", "128"), ("WARPS", "THREADS // 32"), ("WT", "TW + 2 * R"),
-               ("NT", "(TH + 2 * R) * WT"), ("NL", "10"), ("NLX", "10"), ("CP", "4 * cdiv(C, 4)"),
+               ("NT", "(TH + 2 * R) * WT"), ("NL", "10"), ("NLX", "10"), ("CP", "4 * cdiv(CK, 4)"),
                ("DYN", "4 * ((NL + 1) * WT * CP + max(NL * NLX * CP, 2 * NT))"))
 _STAGED_TRIPS = (
-    TripRule("tile_math.h:/for \\(int i = tid; i < row_floats; i \\+= kThreads\\)/", "cdiv(C * WT, 32) / WARPS",
+    TripRule("tile_math.h:/for \\(int i = tid; i < row_floats; i \\+= kThreads\\)/", "cdiv(CK * WT, 32) / WARPS",
              "phase A: the zero row (C x WT floats), 128 threads striding: warp-iterations / warps"),
     TripRule("tile_math.h:/for \\(int it = tid; it < g.nl \\* g.nlx; it \\+= kThreads\\)/", "cdiv(NL * NLX, 32) / WARPS",
              "phase B: NL x NLX low-res pixels of the tile (10 x 10 at 4x), all classes per iteration"),
@@ -191,7 +191,8 @@ _STAGED_TRIPS = (
 def _staged(c: int, select: bool) -> KernelSpec:
     return KernelSpec(
         f"cuda tile_kernel<C={c}, R=1> {'select' if select else 'maps'} (longest dtype path)", "cuda", "scores.cu",
-        symbol=rf"tile_kernelILi{c}ELi1ELb0ELb{1 if select else 0}EE", threads=128, count=True, env=_STAGED_ENV,
+        symbol=rf"tile_kernelILi{c}ELi1ELb0ELb{1 if select else 0}EE", threads=128, count=True,
+        env=(("CK", str(c)),) + _STAGED_ENV,  # CK: the C the kernel is instantiated for (not the --set C)
         outputs="TH * TW / THREADS", trips=_STAGED_TRIPS, smem_dynamic="DYN",
         note=("the fused_candidates launch: ripu r=1, class weights, blocked map, cut-off" if select
               else "the score_maps launch") + "; one kernel for every dtype: the longest of the staging paths")
