@@ -77,7 +77,7 @@ _DT = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 
 def _fused_types(dtype: str) -> tuple:
     t = dict(
-        logits=_DT[dtype], s_b="i32", s_c="i32", s_h="i32", s_w="i32", h="i32", w="i32", H="i32", W="i32", C="i32",
+        logits=_DT[dtype], s_b="i32", s_c="i32", s_h="i32", s_w="i32", h="i32", w="i32", H="i32", W="i32",
         scale_h="fp32", scale_w="fp32", ln_c="fp32", image_ids="*i64", seed_mix="i64", weights="*fp32",
         blocked="*u8", cut_s="*fp32", cut_g="*i64", score_out="*fp32", label_out="*i64", cand_score="*fp32",
         cand_li="*i64", cand_label="*i32", cand_count="*i64", hist="*i64", bad_flag="*i64", scratch_e="*fp32",
@@ -112,7 +112,7 @@ def triton_variants(full: bool) -> list[Variant]:
                 hb, wb, nw = tile_config(r)
                 for mode in (("round", "maps") if full else ("round",)):
                     rnd = mode == "round"
-                    cx = dict(HEUR=HEUR_CODES[heur], R=r, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True,
+                    cx = dict(C=19 if cbins == 32 else 5, HEUR=HEUR_CODES[heur], R=r, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True,
                               HAS_W=rnd, HAS_BLOCKED=rnd, WRITE_MAPS=not rnd, EMIT=rnd, HIST=True)
                     out.append(Variant("score.fused_score_kernel", f"{heur} r={r} {dtype} C_BINS={cbins} {mode}",
                                        _fused_types(dtype), tuple(cx.items()), 4))
@@ -121,7 +121,7 @@ def triton_variants(full: bool) -> list[Variant]:
                 if not full and heur == "pixel-stats":
                     continue
                 hb, wb, nw = tile_config(0)
-                cx = dict(HEUR=code, R=0, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True, HAS_W=False,
+                cx = dict(C=19 if cbins == 32 else 5, HEUR=code, R=0, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True, HAS_W=False,
                           HAS_BLOCKED=False, WRITE_MAPS=True, EMIT=False, HIST=True)
                 out.append(Variant("score.fused_score_kernel", f"{heur} {dtype} C_BINS={cbins}", _fused_types(dtype),
                                    tuple(cx.items()), 4))

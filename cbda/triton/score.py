@@ -104,48 +104,162 @@ def _mix32(h):
     return h
 
 
-@triton.jit
-def _lerp(a, b, t):
-    """a·(1-t) + b·t, except that a tap of weight 0 is skipped, so that a masked class
-    (-inf) next to a weight-0 tap stays out of the result (0·-inf would be NaN). For finite
-    taps this is bit-identical to the plain formula (x·0 = 0 and x·1 = x exactly)."""
-    # a tap of weight 0 is replaced by 0 before the multiply (a·1 + 0 = a exactly), so no
-    # 0·-inf = NaN is ever formed, not even in a discarded branch
-    a0 = tl.where(t < 1.0, a, 0.0)
-    b0 = tl.where(t > 0.0, b, 0.0)
-    return a0 * (1.0 - t) + b0 * t
+#: C up to this keeps a pixel's C upsampled logits in registers (the class loops are unrolled
+#: over a tuple): one read of the logits and one exponential per class and pixel. Larger C
+#: loops over the classes and reads the logits once per pass (three passes).
+REG_CLASSES = tl.constexpr(32)
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+#: lg2.approx on the GPU; the interpreter (numpy) cannot run inline PTX. Triton chooses the
+#: interpreter when the kernels are defined, so this is read at the same moment.
+FAST_LOG = tl.constexpr(not interpreting())
 
 
 @triton.jit
-def _bad(v):
-    """NaN or +inf lanes (the errors; -inf is a masked class)."""
-    return (v != v) | (v == float("inf"))
-
-
-@triton.jit
-def _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, m, UPSAMPLE: tl.constexpr):
-    """Class c of the (upsampled) logits at the block's pixels, float32, and the lanes whose
-    taps hold NaN or +inf (checked on every tap read, whatever its weight)."""
-    p = base + c * s_c
-    if UPSAMPLE:
-        v00 = tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
-        v01 = tl.load(p + y0 * s_h + x1 * s_w, mask=m, other=0.0).to(tl.float32)
-        v10 = tl.load(p + y1 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
-        v11 = tl.load(p + y1 * s_h + x1 * s_w, mask=m, other=0.0).to(tl.float32)
-        bad = _bad(v00) | _bad(v01) | _bad(v10) | _bad(v11)
-        # PyTorch's CPU order: rows interpolated along x first, then blended along y
-        top = _lerp(v00, v01, lx)
-        bot = _lerp(v10, v11, lx)
-        return _lerp(top, bot, ly), bad
+def _log2(x, FAST: tl.constexpr):
+    """log2(x) for x >= 1e-6 (never a denormal): the SFU's lg2.approx.ftz, one instruction with
+    an absolute error below 2^-22 (tl.log is libdevice's ~20-instruction polynomial)."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
-        v = tl.load(p + y0 * s_h + x0 * s_w, mask=m, other=0.0).to(tl.float32)
-        return v, _bad(v)
+        return tl.log2(x)
+
+
+@triton.jit
+def _axis_taps(Y, n_out, n_in, scale, stride, UPSAMPLE: tl.constexpr):
+    """Along one axis, for output coordinates Y: the element offsets of the two source taps
+    (int32, inside one image) and their weights (w0, w1), bilinear with align_corners=True.
+
+    Coordinates are clamped into the image, so lanes outside it read valid memory and no
+    load needs a mask. A tap of weight 0 would meet a masked class as 0·-inf = NaN; such a
+    pixel reads its other tap twice at weights ½, ½ instead (a·½ + a·½ = a exactly, -inf
+    stays -inf), so every weight is positive and a NaN or +inf tap always reaches the
+    interpolated value (where the flag sees it, through the softmax denominator)."""
+    if UPSAMPLE:
+        sy = scale * Y.to(tl.float32)
+        y0 = tl.minimum(tl.maximum(sy.to(tl.int32), 0), n_in - 1)
+        y1 = tl.minimum(y0 + 1, n_in - 1)
+        ly = tl.minimum(tl.maximum(sy - y0.to(tl.float32), 0.0), 1.0)
+        lo = ly == 0.0
+        hi = ly == 1.0
+        y1 = tl.where(lo, y0, y1)
+        y0 = tl.where(hi, y1, y0)
+        ly = tl.where(lo | hi, 0.5, ly)
+        return y0 * stride, y1 * stride, 1.0 - ly, ly
+    else:
+        y = tl.minimum(tl.maximum(Y, 0), n_out - 1) * stride
+        return y, y, tl.full(Y.shape, 1.0, tl.float32), tl.zeros(Y.shape, tl.float32)
+
+
+@triton.jit
+def _logit(p, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE: tl.constexpr):
+    """One class plane ``p`` of the (upsampled) logits at the block's pixels, float32."""
+    if UPSAMPLE:
+        v00 = tl.load(p + o00).to(tl.float32)
+        v01 = tl.load(p + o01).to(tl.float32)
+        v10 = tl.load(p + o10).to(tl.float32)
+        v11 = tl.load(p + o11).to(tl.float32)
+        # PyTorch's order: the two rows along x first, then blended along y
+        return (v00 * wx0 + v01 * wx1) * wy0 + (v10 * wx0 + v11 * wx1) * wy1
+    else:
+        return tl.load(p + o00).to(tl.float32)
+
+
+@triton.jit
+def _stats_unrolled(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.constexpr,
+                    NEED_ENT: tl.constexpr, NEED_M2: tl.constexpr, UPSAMPLE: tl.constexpr):
+    """Per pixel: max, second max (NEED_M2), argmax (lowest class on ties), the softmax
+    denominator Σ exp(v - max), its reciprocal and Σ e·log2(p + 1e-6) (NEED_ENT), from one
+    read of the logits: the C values stay in registers between the three unrolled passes."""
+    vals = ()
+    mx = tl.full(o00.shape, float("-inf"), tl.float32)
+    m2 = mx
+    lab = tl.zeros(o00.shape, tl.int32)
+    for c in tl.static_range(C):
+        v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+        vals = vals + (v,)
+        gt = v > mx
+        if NEED_M2:
+            m2 = tl.where(gt, mx, tl.maximum(m2, v))
+        lab = tl.where(gt, c, lab)
+        mx = tl.maximum(mx, v)
+    # exp(v - max) as exp2(v·log2e - max·log2e): one FMA and one SFU op; -inf (a masked
+    # class) gives exactly 0; NaN, +inf or a pixel with no finite class give a NaN sum
+    ml = mx * LOG2E
+    es = ()
+    den = tl.zeros(o00.shape, tl.float32)
+    for c in tl.static_range(C):
+        e = tl.exp2(vals[c] * LOG2E - ml)
+        es = es + (e,)
+        den += e
+    inv = 1.0 / den
+    acc = tl.zeros(o00.shape, tl.float32)
+    if NEED_ENT:
+        for c in tl.static_range(C):
+            acc += es[c] * _log2(es[c] * inv + 1e-6, FAST_LOG)
+    return mx, m2, lab, den, inv, acc
+
+
+@triton.jit
+def _stats_looped(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.constexpr,
+                  NEED_ENT: tl.constexpr, NEED_M2: tl.constexpr, UPSAMPLE: tl.constexpr):
+    """``_stats_unrolled`` for C > REG_CLASSES: loops over the classes, reading the logits
+    once per pass (max, denominator, entropy) instead of holding them in registers."""
+    mx = tl.full(o00.shape, float("-inf"), tl.float32)
+    m2 = mx
+    lab = tl.zeros(o00.shape, tl.int32)
+    for c in range(C):
+        v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+        gt = v > mx
+        if NEED_M2:
+            m2 = tl.where(gt, mx, tl.maximum(m2, v))
+        lab = tl.where(gt, c, lab)
+        mx = tl.maximum(mx, v)
+    ml = mx * LOG2E
+    den = tl.zeros(o00.shape, tl.float32)
+    for c in range(C):
+        v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+        den += tl.exp2(v * LOG2E - ml)
+    inv = 1.0 / den
+    acc = tl.zeros(o00.shape, tl.float32)
+    if NEED_ENT:
+        for c in range(C):
+            v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+            e = tl.exp2(v * LOG2E - ml)
+            acc += e * _log2(e * inv + 1e-6, FAST_LOG)
+    return mx, m2, lab, den, inv, acc
+
+
+@triton.jit
+def _impurity_pairwise(pl, inv_n, R: tl.constexpr, WB: tl.constexpr):
+    """-Σ_c q_c ln(q_c + 1e-6) over a (2R+1)² label window without a loop over classes.
+
+    Window entry a with count_a entries of its label contributes q·ln(q + eps)/count_a with
+    q = count_a/n, i.e. ln(count_a/n + eps)/n; the sum of the logs is the log of one product
+    (each factor >= 1/n, so the product of 9 stays far above float32's range floor). Entries
+    outside the image hold label -1 and a factor 1. ``pl``: pointers to the window centres'
+    labels in the scratch slot (row pitch WB)."""
+    WS: tl.constexpr = 2 * R + 1
+    labs = ()
+    for d in tl.static_range(WS * WS):
+        labs = labs + (tl.load(pl + ((d // WS - R) * WB + (d % WS - R)), cache_modifier=".cg"),)
+    prod = tl.full(inv_n.shape, 1.0, tl.float32)
+    for a in tl.static_range(WS * WS):
+        cnt = tl.full(inv_n.shape, 1, tl.int32)
+        for o in tl.static_range(WS * WS):
+            if o != a:
+                cnt += (labs[a] == labs[o]).to(tl.int32)
+        prod *= tl.where(labs[a] >= 0, cnt.to(tl.float32) * inv_n + 1e-6, 1.0)
+    return -(LN2 * inv_n) * _log2(prod, FAST_LOG)
 
 
 @triton.jit
 def fused_score_kernel(
     logits, s_b, s_c, s_h, s_w,
-    h, w, H, W, C, scale_h, scale_w, ln_c,
+    h, w, H, W, scale_h, scale_w, ln_c,
     image_ids, seed_mix,
     weights, blocked, cut_s, cut_g,
     score_out, label_out,
@@ -153,6 +267,7 @@ def fused_score_kernel(
     hist, bad_flag,
     scratch_e, scratch_l,
     ntiles, tiles_w, tiles_per_img, nprog,
+    C: tl.constexpr,
     HEUR: tl.constexpr, R: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr, NW: tl.constexpr,
     C_BINS: tl.constexpr, UPSAMPLE: tl.constexpr, HAS_W: tl.constexpr, HAS_BLOCKED: tl.constexpr,
     WRITE_MAPS: tl.constexpr, EMIT: tl.constexpr, HIST: tl.constexpr,
@@ -160,6 +275,7 @@ def fused_score_kernel(
     pid = tl.program_id(0)
     TH: tl.constexpr = HB - 2 * R
     TW: tl.constexpr = WB - 2 * R
+    NEED_ENT: tl.constexpr = HEUR == 0 or HEUR == 1 or HEUR == 5
     k = tl.arange(0, HB * WB)
     i = k // WB
     j = k % WB
@@ -171,66 +287,31 @@ def fused_score_kernel(
         X = (rem % tiles_w) * TW - R + j
         inimg = (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
         interior = inimg & (i >= R) & (i < R + TH) & (j >= R) & (j < R + TW)
-        # -- source coordinates of the bilinear upsampling (align_corners=True) --------------
-        if UPSAMPLE:
-            sy = scale_h * Y.to(tl.float32)
-            sx = scale_w * X.to(tl.float32)
-            y0 = tl.minimum(tl.maximum(sy.to(tl.int32), 0), h - 1)
-            x0 = tl.minimum(tl.maximum(sx.to(tl.int32), 0), w - 1)
-            y1 = tl.minimum(y0 + 1, h - 1)
-            x1 = tl.minimum(x0 + 1, w - 1)
-            ly = tl.minimum(tl.maximum(sy - y0.to(tl.float32), 0.0), 1.0)
-            lx = tl.minimum(tl.maximum(sx - x0.to(tl.float32), 0.0), 1.0)
-        else:
-            y0 = Y
-            x0 = X
-            y1 = Y
-            x1 = X
-            ly = tl.zeros([HB * WB], tl.float32)
-            lx = ly
+        # -- taps: offsets inside the image (int32) and weights, once per pixel ----------------
+        oy0, oy1, wy0, wy1 = _axis_taps(Y, H, h, scale_h, s_h, UPSAMPLE)
+        ox0, ox1, wx0, wx1 = _axis_taps(X, W, w, scale_w, s_w, UPSAMPLE)
         base = logits + b.to(tl.int64) * s_b
-        # -- pass 1: max, argmax (lowest class on ties), second max, online denominator ------
-        # -inf logits (masked classes) are exact zeros of the softmax: exp(-inf - m) = 0;
-        # only -inf - -inf would be NaN, and it is never formed
-        mx = tl.full([HB * WB], float("-inf"), tl.float32)
-        m2 = tl.full([HB * WB], float("-inf"), tl.float32)
-        den = tl.zeros([HB * WB], tl.float32)
-        lab = tl.zeros([HB * WB], tl.int32)
-        bad = inimg & (inimg == 0)
-        for c in range(C):
-            v, bv = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
-            bad = bad | bv
-            gt = v > mx
-            m2 = tl.where(gt, mx, tl.maximum(m2, v))
-            nm = tl.maximum(mx, v)
-            # where mx == nm (v == nm) the factor is exp(0) = 1; the where() inside keeps the
-            # exponent finite when both are -inf, so no NaN is ever formed
-            em = mx == nm
-            ev = v == nm
-            den = (den * tl.exp(tl.where(em, 0.0, mx) - tl.where(em, 0.0, nm))
-                   + tl.exp(tl.where(ev, 0.0, v) - tl.where(ev, 0.0, nm)))
-            lab = tl.where(gt, c, lab)
-            mx = nm
-        # a pixel whose every class is -inf has no softmax (the reference gives NaN): an error
-        bad = inimg & (bad | (mx == float("-inf")))
-        if tl.sum(bad.to(tl.int32), axis=0) > 0:
-            tl.store(bad_flag, 1)
-        # -- pass 2 / per-pixel score ------------------------------------------------------
-        if HEUR == 0 or HEUR == 1 or HEUR == 5:
-            ent = tl.zeros([HB * WB], tl.float32)
-            inv = 1.0 / den
-            for c in range(C):
-                v, _ = _logit(base, s_c, s_h, s_w, c, y0, y1, x0, x1, ly, lx, inimg, UPSAMPLE)
-                p = tl.exp(v - mx) * inv
-                ent -= p * tl.log(p + 1e-6)
+        if C <= REG_CLASSES:
+            mx, m2, lab, den, inv, acc = _stats_unrolled(base, s_c, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
+                                                         wx0, wx1, wy0, wy1, C, NEED_ENT, HEUR == 2, UPSAMPLE)
+        else:
+            mx, m2, lab, den, inv, acc = _stats_looped(base, s_c, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
+                                                       wx0, wx1, wy0, wy1, C, NEED_ENT, HEUR == 2, UPSAMPLE)
+        # NaN/+inf logits or a pixel with no finite class (the reference gives NaN there): the
+        # denominator is NaN exactly then; one predicated store per bad lane, no reduction
+        bad = inimg & (den != den)
+        tl.store(bad_flag + k * 0, 1, mask=bad)
+        # -- per-pixel score ---------------------------------------------------------------
+        if NEED_ENT:
+            ent = acc * (-LN2) * inv  # -Σ p ln(p + 1e-6) with p = e·inv
             if HEUR == 5:
                 score = ent
             else:
                 score = ent / ln_c
         elif HEUR == 2:
-            score = 1.0 - (1.0 / den - tl.exp(m2 - mx) / den)
+            score = 1.0 - (inv - tl.exp(m2 - mx) * inv)
         elif HEUR == 3:
-            score = 1.0 - 1.0 / den
+            score = 1.0 - inv
         else:
             iid = tl.load(image_ids + b)
             # int arguments may arrive as constexpr (Triton specialises some values), so
@@ -245,23 +326,33 @@ def fused_score_kernel(
             tl.store(scratch_e + slot + k, tl.where(inimg, score, 0.0))
             tl.store(scratch_l + slot + k, tl.where(inimg, lab, -1))
             tl.debug_barrier()
-            WS: tl.constexpr = 2 * R + 1
-            wo = tl.arange(0, NW)
-            off = (wo // WS - R) * WB + (wo % WS - R)
-            m2d = (wo < WS * WS)[:, None] & interior[None, :]
-            idx = slot + k[None, :] + off[:, None]
-            e2 = tl.load(scratch_e + idx, mask=m2d, other=0.0, cache_modifier=".cg")
-            l2 = tl.load(scratch_l + idx, mask=m2d, other=-1, cache_modifier=".cg")
             # in-image window size n(x), the clipped (2R+1)^2 square
             ny = tl.minimum(Y + R, H - 1) - tl.maximum(Y - R, 0) + 1
             nx = tl.minimum(X + R, W - 1) - tl.maximum(X - R, 0) + 1
             n = tl.maximum(ny * nx, 1).to(tl.float32)  # 1 on masked lanes
-            u = tl.sum(e2, axis=0) / n
-            acc = tl.zeros([HB * WB], tl.float32)
-            for c in range(C):
-                q = tl.sum((l2 == c).to(tl.float32), axis=0) / n
-                acc += q * tl.log(q + 1e-6)
-            score = (-acc / ln_c) * u
+            if R == 1:
+                # lanes outside the owned block read an owned lane's window (their results are
+                # discarded), so the shifted reads stay inside the slot and need no mask
+                kc = slot + tl.where(interior, k, R * WB + R)
+                u = tl.zeros([HB * WB], tl.float32)
+                for d in tl.static_range(9):
+                    u += tl.load(scratch_e + kc + ((d // 3 - 1) * WB + (d % 3 - 1)), cache_modifier=".cg")
+                u = u / n
+                imp = _impurity_pairwise(scratch_l + kc, 1.0 / n, R, WB)
+            else:
+                WS: tl.constexpr = 2 * R + 1
+                wo = tl.arange(0, NW)
+                off = (wo // WS - R) * WB + (wo % WS - R)
+                m2d = (wo < WS * WS)[:, None] & interior[None, :]
+                idx = slot + k[None, :] + off[:, None]
+                e2 = tl.load(scratch_e + idx, mask=m2d, other=0.0, cache_modifier=".cg")
+                l2 = tl.load(scratch_l + idx, mask=m2d, other=-1, cache_modifier=".cg")
+                u = tl.sum(e2, axis=0) / n
+                imp = tl.zeros([HB * WB], tl.float32)
+                for c in range(C):
+                    q = tl.sum((l2 == c).to(tl.float32), axis=0) / n
+                    imp -= q * (LN2 * _log2(q + 1e-6, FAST_LOG))
+            score = (imp / ln_c) * u
             tl.debug_barrier()  # the slot is rewritten by this program's next tile
         elif HEUR == 0:
             # r = 0: the window is the pixel, q is one-hot, P = -ln(1 + 1e-6) / ln C
@@ -347,7 +438,7 @@ def tile_config(radius: int) -> tuple[int, int, int]:
         return 4, 64, 1
     nw = _next_pow2((2 * radius + 1) ** 2)
     hb = max(16, _next_pow2(4 * radius))
-    wb = max(32, _next_pow2(max(1, 16384 // (nw * hb))), _next_pow2(4 * radius))
+    wb = max(32, _next_pow2(4 * radius))
     return hb, wb, nw
 
 
@@ -448,7 +539,7 @@ def _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, see
                   tiles_h, heuristic_code, r, hb, wb, nw, upsample, num_warps, dummy_f, dummy_i, dummy_i32):
     fused_score_kernel[(nprog,)](
         logits, *(int(s) for s in logits.stride()),
-        h, w, H, W, c, scale_h, scale_w, math.log(c),
+        h, w, H, W, scale_h, scale_w, math.log(c),
         image_ids, seed_mix,
         weights if weights is not None else dummy_f,
         blocked if blocked is not None else dummy_i,
@@ -462,7 +553,7 @@ def _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, see
         hist if hist is not None else dummy_i, bad_flag,
         scratch_e, scratch_l,
         ntiles, tiles_w, tiles_h * tiles_w, nprog,
-        HEUR=heuristic_code, R=r, HB=hb, WB=wb, NW=nw, C_BINS=_next_pow2(max(c, 2)),
+        C=c, HEUR=heuristic_code, R=r, HB=hb, WB=wb, NW=nw, C_BINS=_next_pow2(max(c, 2)),
         UPSAMPLE=upsample, HAS_W=weights is not None, HAS_BLOCKED=blocked is not None,
         WRITE_MAPS=maps is not None, EMIT=cand is not None, HIST=hist is not None,
         num_warps=num_warps,
