@@ -155,21 +155,22 @@ def _axis_taps(Y, n_out, n_in, scale, stride, UPSAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _logit(p, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE: tl.constexpr):
+def _logit(p, o00, o01, o10, o11, w00, w01, w10, w11, UPSAMPLE: tl.constexpr):
     """One class plane ``p`` of the (upsampled) logits at the block's pixels, float32."""
     if UPSAMPLE:
         v00 = tl.load(p + o00).to(tl.float32)
         v01 = tl.load(p + o01).to(tl.float32)
         v10 = tl.load(p + o10).to(tl.float32)
         v11 = tl.load(p + o11).to(tl.float32)
-        # PyTorch's order: the two rows along x first, then blended along y
-        return (v00 * wx0 + v01 * wx1) * wy0 + (v10 * wx0 + v11 * wx1) * wy1
+        # four products with the per-pixel tap weights (one multiply, three FMAs); PyTorch
+        # blends along x first and then along y, the same value to a few ulp
+        return v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11
     else:
         return tl.load(p + o00).to(tl.float32)
 
 
 @triton.jit
-def _stats_unrolled(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.constexpr,
+def _stats_unrolled(base, s_c, o00, o01, o10, o11, w00, w01, w10, w11, C: tl.constexpr,
                     NEED_ENT: tl.constexpr, NEED_M2: tl.constexpr, UPSAMPLE: tl.constexpr):
     """Per pixel: max, second max (NEED_M2), argmax (lowest class on ties), the softmax
     denominator Σ exp(v - max), its reciprocal and Σ e·log2(p + 1e-6) (NEED_ENT), from one
@@ -177,23 +178,23 @@ def _stats_unrolled(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.con
     vals = ()
     mx = tl.full(o00.shape, float("-inf"), tl.float32)
     m2 = mx
-    lab = tl.zeros(o00.shape, tl.int32)
     for c in tl.static_range(C):
-        v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+        v = _logit(base + c * s_c, o00, o01, o10, o11, w00, w01, w10, w11, UPSAMPLE)
         vals = vals + (v,)
-        gt = v > mx
         if NEED_M2:
-            m2 = tl.where(gt, mx, tl.maximum(m2, v))
-        lab = tl.where(gt, c, lab)
+            m2 = tl.where(v > mx, mx, tl.maximum(m2, v))
         mx = tl.maximum(mx, v)
     # exp(v - max) as exp2(v·log2e - max·log2e): one FMA and one SFU op; -inf (a masked
-    # class) gives exactly 0; NaN, +inf or a pixel with no finite class give a NaN sum
+    # class) gives exactly 0; NaN, +inf or a pixel with no finite class give a NaN sum.
+    # The argmax is the lowest class equal to the max (classes visited from the top down).
     ml = mx * LOG2E
     es = ()
     den = tl.zeros(o00.shape, tl.float32)
-    for c in tl.static_range(C):
-        e = tl.exp2(vals[c] * LOG2E - ml)
-        es = es + (e,)
+    lab = tl.zeros(o00.shape, tl.int32)
+    for cd in tl.static_range(C - 1, -1, -1):
+        lab = tl.where(vals[cd] == mx, cd, lab)
+        e = tl.exp2(vals[cd] * LOG2E - ml)
+        es = (e,) + es
         den += e
     inv = 1.0 / den
     acc = tl.zeros(o00.shape, tl.float32)
@@ -204,7 +205,7 @@ def _stats_unrolled(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.con
 
 
 @triton.jit
-def _stats_looped(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.constexpr,
+def _stats_looped(base, s_c, o00, o01, o10, o11, w00, w01, w10, w11, C: tl.constexpr,
                   NEED_ENT: tl.constexpr, NEED_M2: tl.constexpr, UPSAMPLE: tl.constexpr):
     """``_stats_unrolled`` for C > REG_CLASSES: loops over the classes, reading the logits
     once per pass (max, denominator, entropy) instead of holding them in registers."""
@@ -212,7 +213,7 @@ def _stats_looped(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.const
     m2 = mx
     lab = tl.zeros(o00.shape, tl.int32)
     for c in range(C):
-        v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+        v = _logit(base + c * s_c, o00, o01, o10, o11, w00, w01, w10, w11, UPSAMPLE)
         gt = v > mx
         if NEED_M2:
             m2 = tl.where(gt, mx, tl.maximum(m2, v))
@@ -221,13 +222,13 @@ def _stats_looped(base, s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, C: tl.const
     ml = mx * LOG2E
     den = tl.zeros(o00.shape, tl.float32)
     for c in range(C):
-        v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+        v = _logit(base + c * s_c, o00, o01, o10, o11, w00, w01, w10, w11, UPSAMPLE)
         den += tl.exp2(v * LOG2E - ml)
     inv = 1.0 / den
     acc = tl.zeros(o00.shape, tl.float32)
     if NEED_ENT:
         for c in range(C):
-            v = _logit(base + c * s_c, o00, o01, o10, o11, wx0, wx1, wy0, wy1, UPSAMPLE)
+            v = _logit(base + c * s_c, o00, o01, o10, o11, w00, w01, w10, w11, UPSAMPLE)
             e = tl.exp2(v * LOG2E - ml)
             acc += e * _log2(e * inv + 1e-6, FAST_LOG)
     return mx, m2, lab, den, inv, acc
@@ -246,11 +247,14 @@ def _impurity_pairwise(pl, inv_n, R: tl.constexpr, WB: tl.constexpr):
     labs = ()
     for d in tl.static_range(WS * WS):
         labs = labs + (tl.load(pl + ((d // WS - R) * WB + (d % WS - R)), cache_modifier=".cg"),)
+    # one compare per unordered pair (written in one operand order so both uses share it)
     prod = tl.full(inv_n.shape, 1.0, tl.float32)
     for a in tl.static_range(WS * WS):
         cnt = tl.full(inv_n.shape, 1, tl.int32)
         for o in tl.static_range(WS * WS):
-            if o != a:
+            if o < a:
+                cnt += (labs[o] == labs[a]).to(tl.int32)
+            if o > a:
                 cnt += (labs[a] == labs[o]).to(tl.int32)
         prod *= tl.where(labs[a] >= 0, cnt.to(tl.float32) * inv_n + 1e-6, 1.0)
     return -(LN2 * inv_n) * _log2(prod, FAST_LOG)
@@ -280,6 +284,7 @@ def fused_score_kernel(
     i = k // WB
     j = k % WB
     slot = pid.to(tl.int64) * (HB * WB)
+    bad_any = k < 0
     for t in range(pid, ntiles, nprog):
         b = t // tiles_per_img
         rem = t % tiles_per_img
@@ -293,14 +298,15 @@ def fused_score_kernel(
         base = logits + b.to(tl.int64) * s_b
         if C <= REG_CLASSES:
             mx, m2, lab, den, inv, acc = _stats_unrolled(base, s_c, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
-                                                         wx0, wx1, wy0, wy1, C, NEED_ENT, HEUR == 2, UPSAMPLE)
+                                                         wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1, C, NEED_ENT,
+                                                         HEUR == 2, UPSAMPLE)
         else:
             mx, m2, lab, den, inv, acc = _stats_looped(base, s_c, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
-                                                       wx0, wx1, wy0, wy1, C, NEED_ENT, HEUR == 2, UPSAMPLE)
+                                                       wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1, C, NEED_ENT,
+                                                       HEUR == 2, UPSAMPLE)
         # NaN/+inf logits or a pixel with no finite class (the reference gives NaN there): the
-        # denominator is NaN exactly then; one predicated store per bad lane, no reduction
-        bad = inimg & (den != den)
-        tl.store(bad_flag + k * 0, 1, mask=bad)
+        # denominator is NaN exactly then; gathered over the tiles, reduced once at the end
+        bad_any = bad_any | (inimg & (den != den))
         # -- per-pixel score ---------------------------------------------------------------
         if NEED_ENT:
             ent = acc * (-LN2) * inv  # -Σ p ln(p + 1e-6) with p = e·inv
@@ -385,6 +391,8 @@ def fused_score_kernel(
             tl.store(cand_score + pos, score, mask=keep)
             tl.store(cand_li + pos, li, mask=keep)
             tl.store(cand_label + pos, lab, mask=keep)
+    if tl.max(bad_any.to(tl.int32), axis=0) > 0:
+        tl.store(bad_flag, 1)
 
 
 @triton.jit
