@@ -81,7 +81,7 @@ def _fused_types(dtype: str) -> tuple:
         scale_h="fp32", scale_w="fp32", ln_c="fp32", image_ids="*i64", seed_mix="i64", weights="*fp32",
         blocked="*u8", cut_s="*fp32", cut_g="*i64", score_out="*fp32", label_out="*i64", cand_score="*fp32",
         cand_li="*i64", cand_label="*i32", cand_count="*i64", hist="*i64", bad_flag="*i64", scratch_e="*fp32",
-        scratch_l="*i32", ntiles="i32", tiles_w="i32", tiles_per_img="i32", nprog="i32",
+        scratch_l="*i32", imp_table="*fp32", ntiles="i32", tiles_w="i32", tiles_per_img="i32", nprog="i32",
     )
     return tuple(t.items())
 

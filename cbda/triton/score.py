@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..scores import RIPU_PIXEL_RADIUS, mix32
+from ..scores import LOG_EPS, RIPU_PIXEL_RADIUS, mix32
 
 __all__ = ["HEUR_CODES", "MAX_FUSED_RADIUS", "run_fused", "run_emit", "score_maps", "interpreting", "device_guard",
            "NonFiniteFlag", "raise_if_bad"]
@@ -178,21 +178,25 @@ def _stats_unrolled(base, s_c, o00, o01, o10, o11, w00, w01, w10, w11, C: tl.con
     vals = ()
     mx = tl.full(o00.shape, float("-inf"), tl.float32)
     m2 = mx
+    # the argmax is carried as a float (one select per class; an int select chain is turned
+    # into a packed bit mask by LLVM, two logic ops per class)
+    labf = tl.zeros(o00.shape, tl.float32)
     for c in tl.static_range(C):
         v = _logit(base + c * s_c, o00, o01, o10, o11, w00, w01, w10, w11, UPSAMPLE)
         vals = vals + (v,)
+        gt = v > mx
         if NEED_M2:
-            m2 = tl.where(v > mx, mx, tl.maximum(m2, v))
+            m2 = tl.where(gt, mx, tl.maximum(m2, v))
+        labf = tl.where(gt, float(c), labf)
         mx = tl.maximum(mx, v)
+    lab = labf.to(tl.int32)
     # exp(v - max) as exp2(v·log2e - max·log2e): one FMA and one SFU op; -inf (a masked
     # class) gives exactly 0; NaN, +inf or a pixel with no finite class give a NaN sum.
     # The argmax is the lowest class equal to the max (classes visited from the top down).
     ml = mx * LOG2E
     es = ()
     den = tl.zeros(o00.shape, tl.float32)
-    lab = tl.zeros(o00.shape, tl.int32)
     for cd in tl.static_range(C - 1, -1, -1):
-        lab = tl.where(vals[cd] == mx, cd, lab)
         e = tl.exp2(vals[cd] * LOG2E - ml)
         es = (e,) + es
         den += e
@@ -235,29 +239,70 @@ def _stats_looped(base, s_c, o00, o01, o10, o11, w00, w01, w10, w11, C: tl.const
 
 
 @triton.jit
-def _impurity_pairwise(pl, inv_n, R: tl.constexpr, WB: tl.constexpr):
-    """-Σ_c q_c ln(q_c + 1e-6) over a (2R+1)² label window without a loop over classes.
+def _popc(x, FAST: tl.constexpr):
+    """Set bits of int32 lanes: the POPC instruction on the GPU, SWAR arithmetic in the
+    interpreter (which cannot run inline PTX)."""
+    if FAST:
+        return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        u = x.to(tl.uint32, bitcast=True)
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        u = (u * 0x01010101).to(tl.uint32) >> 24
+        return u.to(tl.int32)
 
-    Window entry a with count_a entries of its label contributes q·ln(q + eps)/count_a with
-    q = count_a/n, i.e. ln(count_a/n + eps)/n; the sum of the logs is the log of one product
-    (each factor >= 1/n, so the product of 9 stays far above float32's range floor). Entries
-    outside the image hold label -1 and a factor 1. ``pl``: pointers to the window centres'
-    labels in the scratch slot (row pitch WB)."""
-    WS: tl.constexpr = 2 * R + 1
-    labs = ()
-    for d in tl.static_range(WS * WS):
-        labs = labs + (tl.load(pl + ((d // WS - R) * WB + (d % WS - R)), cache_modifier=".cg"),)
-    # one compare per unordered pair (written in one operand order so both uses share it)
-    prod = tl.full(inv_n.shape, 1.0, tl.float32)
-    for a in tl.static_range(WS * WS):
-        cnt = tl.full(inv_n.shape, 1, tl.int32)
-        for o in tl.static_range(WS * WS):
-            if o < a:
-                cnt += (labs[o] == labs[a]).to(tl.int32)
-            if o > a:
-                cnt += (labs[a] == labs[o]).to(tl.int32)
-        prod *= tl.where(labs[a] >= 0, cnt.to(tl.float32) * inv_n + 1e-6, 1.0)
-    return -(LN2 * inv_n) * _log2(prod, FAST_LOG)
+
+@triton.jit
+def _maj(a, b, c):
+    return (a & b) | (c & (a ^ b))
+
+
+@triton.jit
+def _window_bits(pw, tab, WB: tl.constexpr):
+    """Window sum of the normalised entropy and -Σ_c q_c ln(q_c + 1e-6) over the 3×3 window,
+    without a loop over the classes.
+
+    Each scratch word (int64) packs a pixel's normalised entropy (float32 bits, high half)
+    and its pseudo label one-hot (bit c of the low half; 0 outside the image), so C <= 32
+    and one load per window entry. The nine one-hot words are added bit-sliced (a
+    carry-save tree of full adders: bit c of (b3 b2 b1 b0) is the window count n_c of class
+    c, 0..9); the classes with count k are popc(match_k), and the impurity is
+    -Σ_k popc(match_k)·T[k] with ``tab`` = T[n, :], T[n, k] = (k/n)·ln(k/n + 1e-6) in float32
+    as the reference computes each class term. About 45 integer ops and 9 table reads per
+    pixel instead of C·9 compares and C logs. ``pw``: pointers to the window centres' words
+    (row pitch WB)."""
+    ws = ()
+    esum = tl.zeros(pw.shape, tl.float32)
+    for d in tl.static_range(9):
+        wd = tl.load(pw + ((d // 3 - 1) * WB + (d % 3 - 1)), cache_modifier=".cg")
+        esum += (wd >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        ws = ws + (wd.to(tl.int32),)
+    s1 = ws[0] ^ ws[1] ^ ws[2]
+    c1 = _maj(ws[0], ws[1], ws[2])
+    s2 = ws[3] ^ ws[4] ^ ws[5]
+    c2 = _maj(ws[3], ws[4], ws[5])
+    s3 = ws[6] ^ ws[7] ^ ws[8]
+    c3 = _maj(ws[6], ws[7], ws[8])
+    b0 = s1 ^ s2 ^ s3
+    c4 = _maj(s1, s2, s3)
+    s5 = c1 ^ c2 ^ c3
+    c5 = _maj(c1, c2, c3)
+    b1 = s5 ^ c4
+    c6 = s5 & c4
+    b2 = c5 ^ c6
+    b3 = c5 & c6
+    # counts are at most 9: b3 (8 or 9) excludes b2 and b1
+    acc = _popc(b0 & ~(b1 | b2 | b3), FAST_LOG).to(tl.float32) * tl.load(tab + 1)
+    acc += _popc(b1 & ~(b0 | b2), FAST_LOG).to(tl.float32) * tl.load(tab + 2)
+    acc += _popc(b1 & b0 & ~b2, FAST_LOG).to(tl.float32) * tl.load(tab + 3)
+    acc += _popc(b2 & ~(b1 | b0), FAST_LOG).to(tl.float32) * tl.load(tab + 4)
+    acc += _popc(b2 & b0 & ~b1, FAST_LOG).to(tl.float32) * tl.load(tab + 5)
+    acc += _popc(b2 & b1 & ~b0, FAST_LOG).to(tl.float32) * tl.load(tab + 6)
+    acc += _popc(b2 & b1 & b0, FAST_LOG).to(tl.float32) * tl.load(tab + 7)
+    acc += _popc(b3 & ~b0, FAST_LOG).to(tl.float32) * tl.load(tab + 8)
+    acc += _popc(b3 & b0, FAST_LOG).to(tl.float32) * tl.load(tab + 9)
+    return esum, -acc
 
 
 @triton.jit
@@ -269,7 +314,7 @@ def fused_score_kernel(
     score_out, label_out,
     cand_score, cand_li, cand_label, cand_count,
     hist, bad_flag,
-    scratch_e, scratch_l,
+    scratch_e, scratch_l, imp_table,
     ntiles, tiles_w, tiles_per_img, nprog,
     C: tl.constexpr,
     HEUR: tl.constexpr, R: tl.constexpr, HB: tl.constexpr, WB: tl.constexpr, NW: tl.constexpr,
@@ -280,6 +325,8 @@ def fused_score_kernel(
     TH: tl.constexpr = HB - 2 * R
     TW: tl.constexpr = WB - 2 * R
     NEED_ENT: tl.constexpr = HEUR == 0 or HEUR == 1 or HEUR == 5
+    # the 3×3 window of ripu at r = 1 counts labels bit-sliced (one-hot words, C <= 32)
+    ONEHOT: tl.constexpr = R == 1 and C <= 32
     k = tl.arange(0, HB * WB)
     i = k // WB
     j = k % WB
@@ -329,22 +376,26 @@ def fused_score_kernel(
             score = (hh >> 8).to(tl.float32) * (1.0 / 16777216.0)
         # -- window statistics of the ripu score: scratch, barrier, shifted reads -------------
         if HEUR == 0 and R > 0:
-            tl.store(scratch_e + slot + k, tl.where(inimg, score, 0.0))
-            tl.store(scratch_l + slot + k, tl.where(inimg, lab, -1))
+            if ONEHOT:
+                # one int64 word per pixel: entropy bits (high half), label one-hot (low half)
+                eb = tl.where(inimg, score, 0.0).to(tl.int32, bitcast=True).to(tl.int64)
+                mb = tl.where(inimg, 1 << lab, 0).to(tl.int64) & 0xFFFFFFFF
+                tl.store(scratch_e.to(tl.pointer_type(tl.int64)) + slot + k, (eb << 32) | mb)
+            else:
+                tl.store(scratch_e + slot + k, tl.where(inimg, score, 0.0))
+                tl.store(scratch_l + slot + k, tl.where(inimg, lab, -1))
             tl.debug_barrier()
             # in-image window size n(x), the clipped (2R+1)^2 square
             ny = tl.minimum(Y + R, H - 1) - tl.maximum(Y - R, 0) + 1
             nx = tl.minimum(X + R, W - 1) - tl.maximum(X - R, 0) + 1
             n = tl.maximum(ny * nx, 1).to(tl.float32)  # 1 on masked lanes
-            if R == 1:
+            if ONEHOT:
                 # lanes outside the owned block read an owned lane's window (their results are
                 # discarded), so the shifted reads stay inside the slot and need no mask
                 kc = slot + tl.where(interior, k, R * WB + R)
-                u = tl.zeros([HB * WB], tl.float32)
-                for d in tl.static_range(9):
-                    u += tl.load(scratch_e + kc + ((d // 3 - 1) * WB + (d % 3 - 1)), cache_modifier=".cg")
-                u = u / n
-                imp = _impurity_pairwise(scratch_l + kc, 1.0 / n, R, WB)
+                esum, imp = _window_bits(scratch_e.to(tl.pointer_type(tl.int64)) + kc,
+                                         imp_table + tl.where(interior, ny * nx, 9) * 16, WB)
+                u = esum / n
             else:
                 WS: tl.constexpr = 2 * R + 1
                 wo = tl.arange(0, NW)
@@ -450,6 +501,23 @@ def tile_config(radius: int) -> tuple[int, int, int]:
     return hb, wb, nw
 
 
+_IMP_TABLES: dict[str, torch.Tensor] = {}
+
+
+def impurity_table(device: torch.device) -> torch.Tensor:
+    """(10·16,) float32: row n (window size 1..9), column k (count 1..9) holds the class term
+    q·ln(q + 1e-6) of the impurity with q = k/n, computed as the reference computes it (q
+    rounded from float64 to float32, the product and the log in float32). Cached per device."""
+    key = str(device)
+    if key not in _IMP_TABLES:
+        t = torch.zeros(10, 16, dtype=torch.float32)
+        for n in range(1, 10):
+            q = (torch.arange(1, n + 1, dtype=torch.float64) / n).to(torch.float32)
+            t[n, 1 : n + 1] = q * torch.log(q + LOG_EPS)
+        _IMP_TABLES[key] = t.reshape(-1).to(device)
+    return _IMP_TABLES[key]
+
+
 def _num_programs(ntiles: int, device: torch.device) -> int:
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -524,7 +592,8 @@ def run_fused(
     dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
     dummy_i32 = torch.empty(1, dtype=torch.int32, device=dev)
     if r > 0:
-        scratch_e = torch.empty(nprog * hb * wb, dtype=torch.float32, device=dev)
+        # r = 1, C <= 32 packs a pixel's entropy and one-hot label into one int64 word
+        scratch_e = torch.empty(nprog * hb * wb * 2, dtype=torch.float32, device=dev)
         scratch_l = torch.empty(nprog * hb * wb, dtype=torch.int32, device=dev)
     else:
         scratch_e, scratch_l = dummy_f, dummy_i32
@@ -538,12 +607,13 @@ def run_fused(
         bad_flag = cand.status.flag if cand is not None else torch.zeros(1, dtype=torch.int64, device=dev)
     with device_guard(dev):
         _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, seed_mix, weights, blocked,
-                      cut_s, cut_g, maps, cand, hist, bad_flag, scratch_e, scratch_l, ntiles, tiles_w,
+                      cut_s, cut_g, maps, cand, hist, bad_flag, scratch_e, scratch_l,
+                      impurity_table(dev) if heuristic_code == 0 and r == 1 else dummy_f, ntiles, tiles_w,
                       tiles_h, heuristic_code, r, hb, wb, nw, upsample, num_warps, dummy_f, dummy_i, dummy_i32)
 
 
 def _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, seed_mix, weights, blocked,
-                  cut_s, cut_g, maps, cand, hist, bad_flag, scratch_e, scratch_l, ntiles, tiles_w,
+                  cut_s, cut_g, maps, cand, hist, bad_flag, scratch_e, scratch_l, imp_table, ntiles, tiles_w,
                   tiles_h, heuristic_code, r, hb, wb, nw, upsample, num_warps, dummy_f, dummy_i, dummy_i32):
     fused_score_kernel[(nprog,)](
         logits, *(int(s) for s in logits.stride()),
@@ -559,7 +629,7 @@ def _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, see
         cand.label if cand is not None else dummy_i32,
         cand.count if cand is not None else dummy_i,
         hist if hist is not None else dummy_i, bad_flag,
-        scratch_e, scratch_l,
+        scratch_e, scratch_l, imp_table,
         ntiles, tiles_w, tiles_h * tiles_w, nprog,
         C=c, HEUR=heuristic_code, R=r, HB=hb, WB=wb, NW=nw, C_BINS=_next_pow2(max(c, 2)),
         UPSAMPLE=upsample, HAS_W=weights is not None, HAS_BLOCKED=blocked is not None,
