@@ -93,3 +93,14 @@ def test_impurity_table_holds_the_reference_class_terms():
             q = torch.tensor(k / n, dtype=torch.float64).to(torch.float32)
             assert t[n, k] == q * torch.log(q + LOG_EPS)
         assert (t[n, n + 1 :] == 0).all() and t[n, 0] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nprog", [1, 4, 7])
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_persistent_programs_step_through_every_tile(device, nprog, radius, monkeypatch):
+    # fewer programs than tiles: each steps by nprog tiles with carries across tile columns,
+    # rows and images (3 images of 2×3 tiles at r = 1)
+    monkeypatch.setattr(ks, "_num_programs", lambda ntiles, dev: min(ntiles, nprog))
+    x = random_logits(3, 4, 9, 11, seed=4)
+    _check(x, "ripu", radius, (20, 70), device)

@@ -332,11 +332,18 @@ def fused_score_kernel(
     j = k % WB
     slot = pid.to(tl.int64) * (HB * WB)
     bad_any = k < 0
+    # tile t = (b, ty, tx); the grid stride nprog is split the same way once, and each step
+    # adds it with carries (no integer division per tile)
+    tiles_h = tiles_per_img // tiles_w
+    b = pid // tiles_per_img
+    ty = (pid % tiles_per_img) // tiles_w
+    tx = pid % tiles_w
+    db = nprog // tiles_per_img
+    dy = (nprog % tiles_per_img) // tiles_w
+    dx = nprog % tiles_w
     for t in range(pid, ntiles, nprog):
-        b = t // tiles_per_img
-        rem = t % tiles_per_img
-        Y = (rem // tiles_w) * TH - R + i
-        X = (rem % tiles_w) * TW - R + j
+        Y = ty * TH - R + i
+        X = tx * TW - R + j
         inimg = (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
         interior = inimg & (i >= R) & (i < R + TH) & (j >= R) & (j < R + TW)
         # -- taps: offsets inside the image (int32) and weights, once per pixel ----------------
@@ -447,6 +454,13 @@ def fused_score_kernel(
             tl.store(cand_score + pos, score, mask=keep)
             tl.store(cand_li + pos, li, mask=keep)
             tl.store(cand_label + pos, lab, mask=keep)
+        tx += dx
+        cx = (tx >= tiles_w).to(tl.int32)
+        tx -= cx * tiles_w
+        ty += dy + cx
+        cy = (ty >= tiles_h).to(tl.int32)
+        ty -= cy * tiles_h
+        b += db + cy
     if tl.max(bad_any.to(tl.int32), axis=0) > 0:
         tl.store(bad_flag, 1)
 
