@@ -104,3 +104,10 @@ def test_persistent_programs_step_through_every_tile(device, nprog, radius, monk
     monkeypatch.setattr(ks, "_num_programs", lambda ntiles, dev: min(ntiles, nprog))
     x = random_logits(3, 4, 9, 11, seed=4)
     _check(x, "ripu", radius, (20, 70), device)
+
+
+def test_logits_spanning_2_31_elements_per_image_are_refused():
+    # tap offsets inside one image are int32; a (meta) tensor with a huge class stride
+    x = torch.empty(1, 3, 4, 4, device="meta").as_strided((1, 3, 4, 4), (3 * 2**30, 2**30, 4, 1))
+    with pytest.raises(ValueError, match="logits: one image spans"):
+        ks.run_fused(x, 0, 1, (8, 8), torch.zeros(1, dtype=torch.int64, device="meta"))
