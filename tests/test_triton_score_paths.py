@@ -111,3 +111,18 @@ def test_logits_spanning_2_31_elements_per_image_are_refused():
     x = torch.empty(1, 3, 4, 4, device="meta").as_strided((1, 3, 4, 4), (3 * 2**30, 2**30, 4, 1))
     with pytest.raises(ValueError, match="logits: one image spans"):
         ks.run_fused(x, 0, 1, (8, 8), torch.zeros(1, dtype=torch.int64, device="meta"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_fused_launch_reads_nothing_back_to_the_host(device):
+    # the scales, the seed hash and the impurity table are made without a tensor read
+    from sync_probe import SyncProbe
+
+    x = random_logits(2, 5, 4, 6, seed=1).to(device)
+    cand = ks.Candidates(2 * 9 * 13, torch.device(device))
+    hist = torch.zeros(5, dtype=torch.int64, device=device)
+    ks._IMP_TABLES.clear()
+    with SyncProbe() as probe:
+        ks.run_fused(x, 0, 1, (9, 13), torch.tensor([4, 2], device=device), seed=2**33 + 5, cand=cand, hist=hist)
+    assert probe.total == 0, dict(probe.sites)
+    assert int(hist.sum()) == 2 * 9 * 13

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import struct
 
 import torch
 import triton
@@ -527,6 +528,12 @@ def tile_config(radius: int) -> tuple[int, int, int]:
     return 16, 16, nw
 
 
+def _f32(x: float) -> float:
+    """x rounded to float32 (as PyTorch rounds the align_corners scale), in plain Python: the
+    launch path reads no tensor back to the host."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 _IMP_TABLES: dict[str, torch.Tensor] = {}
 
 
@@ -540,7 +547,8 @@ def impurity_table(device: torch.device) -> torch.Tensor:
         for n in range(1, 10):
             q = (torch.arange(1, n + 1, dtype=torch.float64) / n).to(torch.float32)
             t[n, 1 : n + 1] = q * torch.log(q + LOG_EPS)
-        _IMP_TABLES[key] = t.reshape(-1).to(device)
+        t = t.reshape(-1)
+        _IMP_TABLES[key] = t if device.type == "cpu" else t.to(device)  # host to device: no sync
     return _IMP_TABLES[key]
 
 
@@ -617,8 +625,8 @@ def run_fused(
     nprog = _num_programs(ntiles, dev)
     upsample = (H, W) != (h, w)
     # float32 scale as PyTorch computes it for align_corners=True
-    scale_h = float(torch.tensor((h - 1) / (H - 1) if H > 1 else 0.0, dtype=torch.float32))
-    scale_w = float(torch.tensor((w - 1) / (W - 1) if W > 1 else 0.0, dtype=torch.float32))
+    scale_h = _f32((h - 1) / (H - 1) if H > 1 else 0.0)
+    scale_w = _f32((w - 1) / (W - 1) if W > 1 else 0.0)
     dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
     dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
     dummy_i32 = torch.empty(1, dtype=torch.int32, device=dev)
@@ -633,7 +641,7 @@ def run_fused(
         cut_g = torch.zeros(1, dtype=torch.int64, device=dev)
     else:
         cut_s, cut_g = cutoff
-    seed_mix = int(mix32(torch.tensor(int(seed) & 0xFFFFFFFF, dtype=torch.int64)))
+    seed_mix = int(mix32(int(seed) & 0xFFFFFFFF))  # mix32's uint32 arithmetic works on ints as well
     if bad_flag is None:
         bad_flag = cand.status.flag if cand is not None else torch.zeros(1, dtype=torch.int64, device=dev)
     with device_guard(dev):
