@@ -67,6 +67,7 @@ class Variant:
     types: tuple  # ((arg, type string), ...) of the runtime arguments
     constexprs: tuple  # ((name, value), ...)
     num_warps: int
+    maxnreg: int | None = None  # the launch's register ceiling, when it sets one
 
     def describe(self) -> str:
         return f"{self.kernel.split('.')[-1]}[{self.label}]"
@@ -96,7 +97,7 @@ def triton_variants(full: bool) -> list[Variant]:
     with the heaviest flags (what CI compiles on every run).
     """
     from .triton.greedy import STAMP_WIDTH
-    from .triton.score import HEUR_CODES, PIXEL_STATS, tile_config
+    from .triton.score import FUSED_MAXNREG, HEUR_CODES, PIXEL_STATS, tile_config
     from .triton.window import COL_TILE, ROW_STRIP
 
     out: list[Variant] = []
@@ -115,7 +116,7 @@ def triton_variants(full: bool) -> list[Variant]:
                     cx = dict(C=19 if cbins == 32 else 5, HEUR=HEUR_CODES[heur], R=r, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True,
                               HAS_W=rnd, HAS_BLOCKED=rnd, WRITE_MAPS=not rnd, EMIT=rnd, HIST=True)
                     out.append(Variant("score.fused_score_kernel", f"{heur} r={r} {dtype} C_BINS={cbins} {mode}",
-                                       _fused_types(dtype), tuple(cx.items()), 4))
+                                       _fused_types(dtype), tuple(cx.items()), 4, FUSED_MAXNREG))
             # the per-pixel maps of the wide windows: normalised entropy (ripu r > 2), raw (ripu_pixel)
             for heur, code in (("entropy-maps", HEUR_CODES["entropy"]), ("pixel-stats", PIXEL_STATS)):
                 if not full and heur == "pixel-stats":
@@ -124,7 +125,7 @@ def triton_variants(full: bool) -> list[Variant]:
                 cx = dict(C=19 if cbins == 32 else 5, HEUR=code, R=0, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True, HAS_W=False,
                           HAS_BLOCKED=False, WRITE_MAPS=True, EMIT=False, HIST=True)
                 out.append(Variant("score.fused_score_kernel", f"{heur} {dtype} C_BINS={cbins}", _fused_types(dtype),
-                                   tuple(cx.items()), 4))
+                                   tuple(cx.items()), 4, FUSED_MAXNREG))
     wtypes = (("ent", "*fp32"), ("lab", "*i32"), ("out", "*fp32"), ("H", "i32"), ("W", "i32"), ("ln_c", "fp32"),
               ("tiles_w", "i32"), ("strips", "i32"))
     for cbins in ((32, 8) if full else (32,)):
@@ -183,7 +184,7 @@ def compile_triton(v: Variant, arch: int) -> dict:
     # pointers 16-byte aligned, as torch allocations are (what the JIT specialises on)
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
     k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                       options={"num_warps": v.num_warps})
+                       options={"num_warps": v.num_warps, **({"maxnreg": v.maxnreg} if v.maxnreg else {})})
     ptx = k.asm["ptx"]
     target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
     ptxas = triton_ptxas()
