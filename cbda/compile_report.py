@@ -116,7 +116,7 @@ def triton_variants(full: bool) -> list[Variant]:
                     cx = dict(C=19 if cbins == 32 else 5, HEUR=HEUR_CODES[heur], R=r, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True,
                               HAS_W=rnd, HAS_BLOCKED=rnd, WRITE_MAPS=not rnd, EMIT=rnd, HIST=True)
                     out.append(Variant("score.fused_score_kernel", f"{heur} r={r} {dtype} C_BINS={cbins} {mode}",
-                                       _fused_types(dtype), tuple(cx.items()), 4, FUSED_MAXNREG))
+                                       _fused_types(dtype), tuple(cx.items()), 4, FUSED_MAXNREG if r > 0 else None))
             # the per-pixel maps of the wide windows: normalised entropy (ripu r > 2), raw (ripu_pixel)
             for heur, code in (("entropy-maps", HEUR_CODES["entropy"]), ("pixel-stats", PIXEL_STATS)):
                 if not full and heur == "pixel-stats":
@@ -125,7 +125,7 @@ def triton_variants(full: bool) -> list[Variant]:
                 cx = dict(C=19 if cbins == 32 else 5, HEUR=code, R=0, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True, HAS_W=False,
                           HAS_BLOCKED=False, WRITE_MAPS=True, EMIT=False, HIST=True)
                 out.append(Variant("score.fused_score_kernel", f"{heur} {dtype} C_BINS={cbins}", _fused_types(dtype),
-                                   tuple(cx.items()), 4, FUSED_MAXNREG))
+                                   tuple(cx.items()), 4))
     wtypes = (("ent", "*fp32"), ("lab", "*i32"), ("out", "*fp32"), ("H", "i32"), ("W", "i32"), ("ln_c", "fp32"),
               ("tiles_w", "i32"), ("strips", "i32"))
     for cbins in ((32, 8) if full else (32,)):

@@ -130,7 +130,8 @@ LN2 = tl.constexpr(0.6931471805599453)
 #: ptxas' register ceiling for the fused kernel (PTX ``.maxnreg``). Without one, ptxas at
 #: 128 threads sometimes squeezes a variant to an occupancy step (80 or 168 registers) and
 #: spills 12-16 bytes (r = 1 at C = 5 in bf16/fp16 map mode on sm_90); with it every variant
-#: of the compile grid fits without spills, below the 255 cap
+#: of the compile grid fits without spills, below the 255 cap. Set for windows (r > 0) only:
+#: the r = 0 variants fit without it and would otherwise grow to the ceiling
 FUSED_MAXNREG = 240
 
 #: lg2.approx on the GPU; the interpreter (numpy) cannot run inline PTX. Triton chooses the
@@ -679,7 +680,7 @@ def _launch_fused(nprog, logits, h, w, H, W, c, scale_h, scale_w, image_ids, see
         C=c, HEUR=heuristic_code, R=r, HB=hb, WB=wb, NW=nw, C_BINS=_next_pow2(max(c, 2)),
         UPSAMPLE=upsample, HAS_W=weights is not None, HAS_BLOCKED=blocked is not None,
         WRITE_MAPS=maps is not None, EMIT=cand is not None, HIST=hist is not None,
-        num_warps=num_warps, **({} if interpreting() else {"maxnreg": FUSED_MAXNREG}),
+        num_warps=num_warps, **({"maxnreg": FUSED_MAXNREG} if r > 0 and not interpreting() else {}),
     )
 
 
