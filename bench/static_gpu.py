@@ -440,7 +440,10 @@ def _triton_variant(spec: KernelSpec, config: dict = CITYSCAPES):
         if name in config:
             cx[name] = config[name]
     types = tuple((n, t) for n, t in types if n not in cx_names)
-    return Variant(spec.source, spec.name, types, tuple(cx.items()), spec.num_warps)
+    maxnreg = None
+    if spec.types == "fused" and int(cx.get("R", 0)) > 0:  # the launch's register ceiling (run_fused)
+        maxnreg = getattr(importlib.import_module("cbda.triton.score"), "FUSED_MAXNREG", None)
+    return Variant(spec.source, spec.name, types, tuple(cx.items()), spec.num_warps, maxnreg=maxnreg)
 
 
 def compile_triton(spec: KernelSpec, arch: int, config: dict = CITYSCAPES) -> tuple[str, dict, int, str]:

@@ -67,6 +67,7 @@ class Variant:
     types: tuple  # ((arg, type string), ...) of the runtime arguments
     constexprs: tuple  # ((name, value), ...)
     num_warps: int
+    maxnreg: int | None = None  # the launch's register ceiling, when it sets one
 
     def describe(self) -> str:
         return f"{self.kernel.split('.')[-1]}[{self.label}]"
@@ -77,11 +78,11 @@ _DT = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 
 def _fused_types(dtype: str) -> tuple:
     t = dict(
-        logits=_DT[dtype], s_b="i32", s_c="i32", s_h="i32", s_w="i32", h="i32", w="i32", H="i32", W="i32", C="i32",
+        logits=_DT[dtype], s_b="i32", s_c="i32", s_h="i32", s_w="i32", h="i32", w="i32", H="i32", W="i32",
         scale_h="fp32", scale_w="fp32", ln_c="fp32", image_ids="*i64", seed_mix="i64", weights="*fp32",
         blocked="*u8", cut_s="*fp32", cut_g="*i64", score_out="*fp32", label_out="*i64", cand_score="*fp32",
         cand_li="*i64", cand_label="*i32", cand_count="*i64", hist="*i64", bad_flag="*i64", scratch_e="*fp32",
-        scratch_l="*i32", ntiles="i32", tiles_w="i32", tiles_per_img="i32", nprog="i32",
+        scratch_l="*i32", imp_table="*fp32", ntiles="i32", tiles_w="i32", tiles_per_img="i32", nprog="i32",
     )
     return tuple(t.items())
 
@@ -96,7 +97,7 @@ def triton_variants(full: bool) -> list[Variant]:
     with the heaviest flags (what CI compiles on every run).
     """
     from .triton.greedy import STAMP_WIDTH
-    from .triton.score import HEUR_CODES, PIXEL_STATS, tile_config
+    from .triton.score import FUSED_MAXNREG, HEUR_CODES, PIXEL_STATS, tile_config
     from .triton.window import COL_TILE, ROW_STRIP
 
     out: list[Variant] = []
@@ -112,16 +113,16 @@ def triton_variants(full: bool) -> list[Variant]:
                 hb, wb, nw = tile_config(r)
                 for mode in (("round", "maps") if full else ("round",)):
                     rnd = mode == "round"
-                    cx = dict(HEUR=HEUR_CODES[heur], R=r, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True,
+                    cx = dict(C=19 if cbins == 32 else 5, HEUR=HEUR_CODES[heur], R=r, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True,
                               HAS_W=rnd, HAS_BLOCKED=rnd, WRITE_MAPS=not rnd, EMIT=rnd, HIST=True)
                     out.append(Variant("score.fused_score_kernel", f"{heur} r={r} {dtype} C_BINS={cbins} {mode}",
-                                       _fused_types(dtype), tuple(cx.items()), 4))
+                                       _fused_types(dtype), tuple(cx.items()), 4, FUSED_MAXNREG if r > 0 else None))
             # the per-pixel maps of the wide windows: normalised entropy (ripu r > 2), raw (ripu_pixel)
             for heur, code in (("entropy-maps", HEUR_CODES["entropy"]), ("pixel-stats", PIXEL_STATS)):
                 if not full and heur == "pixel-stats":
                     continue
                 hb, wb, nw = tile_config(0)
-                cx = dict(HEUR=code, R=0, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True, HAS_W=False,
+                cx = dict(C=19 if cbins == 32 else 5, HEUR=code, R=0, HB=hb, WB=wb, NW=nw, C_BINS=cbins, UPSAMPLE=True, HAS_W=False,
                           HAS_BLOCKED=False, WRITE_MAPS=True, EMIT=False, HIST=True)
                 out.append(Variant("score.fused_score_kernel", f"{heur} {dtype} C_BINS={cbins}", _fused_types(dtype),
                                    tuple(cx.items()), 4))
@@ -211,7 +212,7 @@ def compile_triton_kernel(v: Variant, arch: int):
     # pointers 16-byte aligned, as torch allocations are (what the JIT specialises on)
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
     return triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": v.num_warps})
+                          options={"num_warps": v.num_warps, **({"maxnreg": v.maxnreg} if v.maxnreg else {})})
 
 
 def compile_triton(v: Variant, arch: int) -> dict:

@@ -67,3 +67,9 @@ def test_every_radius_is_covered(report):
     for r in (3, 8, 32):
         assert any(lab.startswith(f"r={r} ") for lab in labels if "ripu" in lab)
     assert {f"r={r} global" for r in (0, 1, 2, 3, 8)} <= labels
+
+
+def test_no_triton_kernel_at_the_register_cap(report):
+    # issue 15: a kernel at 255 registers has no room left and spills at the next change
+    capped = [r for r in report["triton"] if r["regs"] >= 255]
+    assert not capped, "\n".join(f"{r['kernel']}[{r['variant']}] {r['arch']}: {r['regs']} registers" for r in capped)
