@@ -323,7 +323,6 @@ def test_cli_writes_json_and_markdown(tmp_path):
 
 
 @needs_tools
-@pytest.mark.skip(reason="until the issue-15 kernels land")
 def test_score_kernels_meet_targets(score_report):
     assert not score_report["errors"], score_report["errors"]
     for r in score_report["rows"]:
