@@ -216,6 +216,17 @@ KERNELS: list = [
     KernelSpec("cuda greedy_kernel", "cuda", "greedy.cu", symbol=r"greedy_kernel", threads=32),
     KernelSpec("cuda compact_scores_kernel", "cuda", "greedy.cu", symbol=r"compact_scores_kernel", threads=256),
     KernelSpec("cuda mark_prior_kernel", "cuda", "greedy.cu", symbol=r"mark_prior_kernel", threads=256),
+    # the radix select that prunes to the greedy bound (select.cu; named "pruning": "select" picks the score
+    # kernels in the tests), one row per instantiation
+    KernelSpec("cuda pruning hist_kernel (per image)", "cuda", "select.cu", symbol=r"hist_kernelINS0_6select10SlotSource", threads=256),
+    KernelSpec("cuda pruning hist_kernel (batch)", "cuda", "select.cu", symbol=r"hist_kernelINS0_6select11BatchSource", threads=256),
+    KernelSpec("cuda pruning hist_kernel (trim)", "cuda", "select.cu", symbol=r"hist_kernelINS0_6select10PickSource", threads=256),
+    KernelSpec("cuda pruning scan_kernel", "cuda", "select.cu", symbol=r"scan_kernel", threads=256),
+    KernelSpec("cuda pruning keep_keys_kernel (per image)", "cuda", "select.cu", symbol=r"keep_keys_kernelINS0_6select10SlotSource",
+               threads=256),
+    KernelSpec("cuda pruning keep_keys_kernel (batch)", "cuda", "select.cu", symbol=r"keep_keys_kernelINS0_6select11BatchSource",
+               threads=256),
+    KernelSpec("cuda pruning keep_picks_kernel", "cuda", "select.cu", symbol=r"keep_picks_kernel", threads=256),
     KernelSpec("triton greedy_scan_kernel r=1 global", "triton", "greedy.greedy_scan_kernel", types=_GTYPES,
                constexprs=(("R2", 2), ("CH", 32), ("DXB", 8), ("SEG_OUT", True)), num_warps=1),
     KernelSpec("triton greedy_scan_kernel r=1 per-image", "triton", "greedy.greedy_scan_kernel", types=_GTYPES,
