@@ -698,14 +698,19 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
         return nodes_l, succ
 
     weight: dict = {}
-    for lp in loops:
-        members = lp.body - banned
-        nodes_l, succ = graph(lp, members)
-        for nd in nodes_l:
+
+    def weigh(nodes_g):
+        """Weights of a (collapsed) graph's nodes: an inner loop costs its whole cost."""
+        for nd in nodes_g:
             if isinstance(nd, Loop):
                 weight[nd] = nd.cost
             elif nd not in weight:
                 weight[nd] = block_weight(nd)
+
+    for lp in loops:
+        members = lp.body - banned
+        nodes_l, succ = graph(lp, members)
+        weigh(nodes_l)
         latches = {rep(u, lp) for u in lp.latches}
         exiting = {rep(b, lp) for b in members if any(s not in lp.body for s in cfg.blocks[b].succs) or cfg.blocks[b].exits}
         it = _longest(list(nodes_l), succ, weight, lp.header, latches)
@@ -717,15 +722,9 @@ def count_function(funcs: dict, name: str, trips: list, env: dict, cold: list = 
         lp.iter_cost = it
         lp.cost = max(0.0, lp.trips - 1) * it + last if lp.trips >= 1 else lp.trips * last
         lp.graph = (succ, latches, exiting or latches)
-    top = set(nodes) - set().union(*(lp.body for lp in loops)) if loops else set(nodes)
     members = set(nodes)
     nodes_t, succ = graph(None, members)
-    for nd in nodes_t:
-        if isinstance(nd, Loop):
-            weight[nd] = nd.cost
-        elif nd not in weight:
-            weight[nd] = block_weight(nd)
-    del top
+    weigh(nodes_t)
     exits = set()
     for b in nodes:
         if cfg.blocks[b].exits:

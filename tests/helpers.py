@@ -13,6 +13,22 @@ def random_logits(b, c, h, w, seed=0, dtype=torch.float32, scale=3.0):
     return (torch.randn(b, c, h, w, generator=g) * scale).to(dtype)
 
 
+#: the logits errors the kernels flag: a NaN, a +inf, a pixel whose every class is -inf
+POISONS = ("nan", "+inf", "all -inf")
+
+
+def poisoned_logits(poison: str, seed: int) -> torch.Tensor:
+    """(2, 4, 5, 6) float32 logits carrying one of ``POISONS``."""
+    x = random_logits(2, 4, 5, 6, seed=seed)
+    if poison == "nan":
+        x[1, 2, 3, 4] = float("nan")
+    elif poison == "+inf":
+        x[0, 1, 0, 0] = float("inf")
+    else:
+        x[1, :, 2, 2] = float("-inf")
+    return x
+
+
 def tie_scores(b, h, w, seed=0, levels=5, negative=True):
     """Score maps with many exact ties (and negative values)."""
     g = torch.Generator().manual_seed(seed)
@@ -82,3 +98,30 @@ def brute_scores(logits: torch.Tensor, heuristic: str, radius: int):
                 else:
                     out[n, y, xx] = imp * ent[n, y, xx]
     return out, lab
+
+
+def triton_greedy_case(scores, blocked, radius, quota, device, chunk):
+    """Run the triton greedy (``greedy_scan``) on the unblocked pixels of (B, H, W) maps, in
+    the driver's (image, score desc, index asc) order; [(y, x), ...] picks per image.
+    Imports triton: call it only from test files that set up the interpreter first."""
+    from cbda.triton.greedy import greedy_scan
+    from cbda.triton.topk import desc_score_key
+
+    b, h, w = scores.shape
+    flat = scores.reshape(-1)
+    li = torch.nonzero(~blocked.reshape(-1)).flatten()
+    s = flat[li]
+    img = li // (h * w)
+    perm = torch.argsort(li, stable=True)
+    perm = perm[torch.argsort((img[perm] << 32) | desc_score_key(s[perm]), stable=True)]
+    sorted_li = li[perm].contiguous().to(device)
+    seg = torch.zeros(b + 1, dtype=torch.int64)
+    seg[1:] = torch.cumsum(torch.bincount(img, minlength=b), 0)
+    pos = greedy_scan(sorted_li, seg.to(device), b, (h, w), radius, quota, seg_out=False, chunk=chunk).cpu()
+    out = []
+    for i in range(b):
+        p = pos[i * quota : (i + 1) * quota]
+        p = p[p < len(sorted_li)]
+        pix = sorted_li.cpu()[p] - i * h * w
+        out.append([(int(q) // w, int(q) % w) for q in pix])
+    return out

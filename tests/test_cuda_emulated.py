@@ -32,7 +32,7 @@ from cbda.reference.scores import _impurity, upsample_logits, window_mean
 from cbda.reference.select import sort_picks
 from cbda.scores import LOG_EPS, mix32
 from cbda.state import PriorPicks
-from helpers import random_logits, tie_scores
+from helpers import POISONS, poisoned_logits, random_logits, tie_scores
 
 _DT = {0: torch.float32, 1: torch.bfloat16, 2: torch.float16}
 _M32 = 0xFFFFFFFF
@@ -461,16 +461,10 @@ def test_masked_classes_follow_the_reference(fake, strategy, radius):
     torch.testing.assert_close(a.scores, r.scores)
 
 
-@pytest.mark.parametrize("poison", ["nan", "+inf", "all -inf"])
+@pytest.mark.parametrize("poison", POISONS)
 @pytest.mark.parametrize("call", ["score", "da", "image", "wide"])
 def test_nonfinite_logits_raise_from_the_kernel_flag(fake, poison, call):
-    x = random_logits(2, 4, 5, 6, seed=0)
-    if poison == "nan":
-        x[1, 2, 3, 4] = float("nan")
-    elif poison == "+inf":
-        x[0, 1, 0, 0] = float("inf")
-    else:
-        x[1, :, 2, 2] = float("-inf")
+    x = poisoned_logits(poison, seed=0)
     with pytest.raises(InputError, match="logits"):
         if call == "score":
             cbda.score(x, out_size=(9, 11), backend="cuda")

@@ -16,7 +16,7 @@ from cbda.scores import ScoreSpec
 from cbda.triton import greedy as tg
 from cbda.triton import score as ks
 from cbda.triton import window as tw
-from helpers import brute_greedy_sequence, random_logits, tie_scores
+from helpers import POISONS, poisoned_logits, triton_greedy_case, brute_greedy_sequence, random_logits, tie_scores
 
 
 def _picks(sel):
@@ -105,16 +105,10 @@ def test_reference_upsampling_keeps_weight_zero_masked_taps_out():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("poison", ["nan", "+inf", "all -inf"])
+@pytest.mark.parametrize("poison", POISONS)
 @pytest.mark.parametrize("call", ["score", "da", "wide"])
 def test_nonfinite_logits_raise_from_the_kernel_flag(device, poison, call):
-    x = random_logits(2, 4, 5, 6, seed=1)
-    if poison == "nan":
-        x[1, 2, 3, 4] = float("nan")
-    elif poison == "+inf":
-        x[0, 1, 0, 0] = float("inf")
-    else:
-        x[1, :, 2, 2] = float("-inf")
+    x = poisoned_logits(poison, seed=1)
     x = x.to(device)
     for backend in ("triton", "reference"):
         with pytest.raises(InputError, match="logits"):
@@ -143,25 +137,11 @@ def test_greedy_wide_radius_equals_brute_force(device, radius):
     b, h, w = 2, 23, 29
     scores = tie_scores(b, h, w, seed=radius, levels=3)
     blocked = torch.rand(b, h, w, generator=torch.Generator().manual_seed(radius)) < 0.1
-    flat = scores.reshape(-1)
-    li = torch.nonzero(~blocked.reshape(-1)).flatten()
-    from cbda.triton.topk import desc_score_key
-
-    s = flat[li]
-    img = li // (h * w)
-    perm = torch.argsort(li, stable=True)
-    perm = perm[torch.argsort((img[perm] << 32) | desc_score_key(s[perm]), stable=True)]
-    sorted_li = li[perm].contiguous()
-    seg = torch.zeros(b + 1, dtype=torch.int64)
-    seg[1:] = torch.cumsum(torch.bincount(img, minlength=b), 0)
     quota = 20
-    pos = tg.greedy_scan(sorted_li.to(device), seg.to(device), b, (h, w), radius, quota, seg_out=False, chunk=8).cpu()
+    got = triton_greedy_case(scores, blocked, radius, quota, device, chunk=8)
     for i in range(b):
-        p = pos[i * quota:(i + 1) * quota]
-        p = p[p < len(sorted_li)]
-        got = [(int(q) // w, int(q) % w) for q in sorted_li[p] - i * h * w]
         want = brute_greedy_sequence(scores[i].numpy(), blocked[i].numpy(), radius, i, quota)
-        assert got == [(y, x) for _, _, y, x in want]
+        assert got[i] == [(y, x) for _, _, y, x in want]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -13,10 +13,9 @@ import torch
 from cbda.reference import reference_score
 from cbda.reference.select import sort_picks
 from cbda.scores import ScoreSpec, random_scores
-from cbda.triton.greedy import greedy_scan
 from cbda.triton.score import Candidates, run_fused, score_maps
 from cbda.triton.topk import RoundBuffer, desc_score_key, order_desc
-from helpers import brute_greedy_sequence, random_logits, tie_scores
+from helpers import triton_greedy_case, brute_greedy_sequence, random_logits, tie_scores
 
 # dtype -> (rtol, atol) of the scores against the float32 reference on the same input
 TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1e-5, 1e-6), torch.float16: (1e-5, 1e-6)}
@@ -107,28 +106,6 @@ def test_histogram_candidates_and_determinism(device):
     assert torch.equal(lb.to(torch.int64), rl.flatten()[li])
 
 
-def _greedy_case(scores, blocked, radius, quota, device):
-    """Run the triton greedy on the unblocked pixels of (B, H, W) maps; list of picks per image."""
-    b, h, w = scores.shape
-    flat = scores.reshape(-1)
-    li = torch.nonzero(~blocked.reshape(-1)).flatten()
-    s = flat[li]
-    img = li // (h * w)
-    perm = torch.argsort(li, stable=True)
-    perm = perm[torch.argsort((img[perm] << 32) | desc_score_key(s[perm]), stable=True)]
-    sorted_li = li[perm].contiguous().to(device)
-    seg = torch.zeros(b + 1, dtype=torch.int64)
-    seg[1:] = torch.cumsum(torch.bincount(img, minlength=b), 0)
-    pos = greedy_scan(sorted_li, seg.to(device), b, (h, w), radius, quota, seg_out=False, chunk=16).cpu()
-    out = []
-    for i in range(b):
-        p = pos[i * quota : (i + 1) * quota]
-        p = p[p < len(sorted_li)]
-        pix = sorted_li.cpu()[p] - i * h * w
-        out.append([(int(q) // w, int(q) % w) for q in pix])
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("radius", [0, 1, 2])
 def test_greedy_equals_brute_force_on_ties(device, radius):
@@ -137,7 +114,7 @@ def test_greedy_equals_brute_force_on_ties(device, radius):
     scores[0, 0, 0] = -0.0
     scores[0, 0, 1] = 0.0  # -0.0 == +0.0: index decides
     blocked = torch.rand(b, h, w, generator=torch.Generator().manual_seed(radius)) < 0.2
-    got = _greedy_case(scores, blocked, radius, 12, device)
+    got = triton_greedy_case(scores, blocked, radius, 12, device, chunk=16)
     for i in range(b):
         want = brute_greedy_sequence(scores[i].numpy(), blocked[i].numpy(), radius, i, 12)
         assert got[i] == [(y, x) for _, _, y, x in want]
@@ -150,7 +127,7 @@ def test_greedy_on_a_smooth_chain(device):
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     scores = (-(yy * w + xx).to(torch.float32) * 1e-3).unsqueeze(0)
     blocked = torch.zeros(1, h, w, dtype=torch.bool)
-    got = _greedy_case(scores, blocked, r, 1000, device)
+    got = triton_greedy_case(scores, blocked, r, 1000, device, chunk=16)
     want = brute_greedy_sequence(scores[0].numpy(), blocked[0].numpy(), r, 0)
     assert got[0] == [(y, x) for _, _, y, x in want]
 
